@@ -1,0 +1,1 @@
+"""Benchmarks of dvn (run from the repository root: python -m bench.conv)."""

@@ -1,0 +1,198 @@
+"""Sliced convolution vs masked dense vs dense on pre-compacted tensors, per level.
+
+    python -m bench.conv                      # WRN-32-4 stage shapes, batch 32, float32
+    python -m bench.conv --json bench/results/cpu-<name>.json
+
+For each stage shape and level l of k equal units (the first l units active on both sides),
+times forward and forward+backward of every available backend and of "compact dense" (a
+dense conv on contiguous tensors of the active size: what a dedicated small network costs),
+side by side in one process, and prints medians and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+import dvn_kernels
+from bench.timing import time_side_by_side
+
+# (name, channels, spatial size) of the 3x3 convs of WRN-32-4's three stages.
+WRN_STAGES = [("wrn-s1", 64, 32), ("wrn-s2", 128, 16), ("wrn-s3", 256, 8)]
+# The 1x1 projection shortcuts between stages (in -> out channels, input size, stride 2).
+WRN_SHORTCUTS = [("wrn-sc2", 64, 128, 32), ("wrn-sc3", 128, 256, 16)]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class ConvCase:
+    """One convolution shape at one level."""
+
+    name: str
+    c_in: int
+    c_out: int
+    size: int
+    kernel: int
+    stride: int
+    padding: int
+    level: int
+    units: int
+    batch: int
+
+    def segments(self) -> tuple[dvn_kernels.ChannelSegments, dvn_kernels.ChannelSegments]:
+        active = range(self.level)
+        return (dvn_kernels.segments_from_units(dvn_kernels.split_channels(self.c_in, self.units),
+                                                active),
+                dvn_kernels.segments_from_units(dvn_kernels.split_channels(self.c_out, self.units),
+                                                active))
+
+
+def wrn_cases(batch: int, units: int, levels: list[int], shortcuts: bool) -> list[ConvCase]:
+    cases = [ConvCase(n, c, c, s, 3, 1, 1, lv, units, batch)
+             for n, c, s in WRN_STAGES for lv in levels]
+    if shortcuts:
+        cases += [ConvCase(n, ci, co, s, 1, 2, 0, lv, units, batch)
+                  for n, ci, co, s in WRN_SHORTCUTS for lv in levels]
+    return cases
+
+
+def _candidates(case: ConvCase, backends: list[str], mode: str, dtype: torch.dtype,
+                channels_last: bool) -> dict[str, Callable[[], object]]:
+    """Closures running one pass of each candidate on the same data."""
+    gen = torch.Generator().manual_seed(0)
+    ins, outs = case.segments()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    weight = torch.randn(case.c_out, case.c_in, case.kernel, case.kernel, generator=gen)
+    weight = weight.to(dtype).requires_grad_()
+    x = torch.randn(case.batch, ins.total, case.size, case.size, generator=gen).to(dtype)
+    x = x.contiguous(memory_format=fmt).requires_grad_()
+    w_compact = weight.detach()[: outs.total, : ins.total].contiguous().requires_grad_()
+    conv = dict(stride=case.stride, padding=case.padding)
+    with torch.no_grad():
+        grad_y = torch.randn_like(F.conv2d(x, w_compact, **conv))
+
+    def run(forward: Callable[[], torch.Tensor], inputs: list[torch.Tensor]):
+        if mode == "fwd":
+            def fn():
+                with torch.no_grad():
+                    return forward()
+        else:
+            def fn():
+                return torch.autograd.grad(forward(), inputs, grad_y)
+        return fn
+
+    fns = {"compact": run(lambda: F.conv2d(x, w_compact, **conv), [x, w_compact])}
+    for backend in backends:
+        fns[backend] = run(lambda b=backend: dvn_kernels.sliced_conv2d(
+            x, weight, in_segments=ins, out_segments=outs, backend=b, **conv), [x, weight])
+    return fns
+
+
+def run_benchmark(cases: list[ConvCase], backends: list[str], modes: list[str],
+                  dtype: torch.dtype, channels_last: bool, repeats: int, warmup: int,
+                  log: Callable[[str], None] = print) -> list[dict]:
+    rows = []
+    for case in cases:
+        for mode in modes:
+            fns = _candidates(case, backends, mode, dtype, channels_last)
+            times = time_side_by_side(fns, repeats=repeats, warmup=warmup)
+            row = {**asdict(case), "mode": mode, "ms": {k: v * 1e3 for k, v in times.items()}}
+            rows.append(row)
+            log(format_row(row, backends))
+    return rows
+
+
+def header(backends: list[str]) -> str:
+    cols = ["compact"] + backends
+    ratio_cols = [f"{b}/compact" for b in backends if b != "masked"]
+    speed = ["masked/" + b for b in backends if b not in ("masked",)]
+    return ("| shape | level | pass | " + " | ".join(f"{c} ms" for c in cols) + " | "
+            + " | ".join(ratio_cols + speed) + " |\n|" + "---|" * (3 + len(cols) + len(ratio_cols)
+                                                               + len(speed)))
+
+
+def format_row(row: dict, backends: list[str]) -> str:
+    ms = row["ms"]
+    shape = f"{row['name']} {row['c_in']}->{row['c_out']} @{row['size']} k{row['kernel']}"
+    cells = [f"{ms['compact']:.2f}"] + [f"{ms[b]:.2f}" for b in backends]
+    ratios = [f"{ms[b] / ms['compact']:.2f}x" for b in backends if b != "masked"]
+    speed = [f"{ms['masked'] / ms[b]:.1f}x" for b in backends if b != "masked"] \
+        if "masked" in ms else []
+    level = f"{row['level']}/{row['units']}"
+    return "| " + " | ".join([shape, level, row["mode"]] + cells + ratios + speed) + " |"
+
+
+def machine_name() -> str:
+    """CPU model, for naming results."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--units", type=int, default=4, help="k: units per layer")
+    p.add_argument("--levels", type=int, nargs="+", default=None,
+                   help="levels to time, 1-based (default: all 1..k)")
+    p.add_argument("--backends", nargs="+", default=None,
+                   help="default: masked, reference and every native backend available")
+    p.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--shortcuts", action="store_true", help="also time the 1x1 shortcut convs")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--json", default=None, help="write the results to this JSON file")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    levels = args.levels or list(range(1, args.units + 1))
+    for lv in levels:
+        if not 1 <= lv <= args.units:
+            p.error(f"--levels: level {lv} is outside 1..{args.units}")
+    dtype = DTYPES[args.dtype]
+    backends = args.backends or [b for b in ("masked", "reference", "cpu")
+                                 if b in dvn_kernels.available_backends("cpu", dtype)]
+    if "masked" not in backends:
+        backends = ["masked"] + backends
+    cases = wrn_cases(args.batch, args.units, levels, args.shortcuts)
+    machine = machine_name()
+    print(f"# sliced conv benchmark: {machine}, {torch.get_num_threads()} threads, torch "
+          f"{torch.__version__}, {args.dtype}, batch {args.batch}, k={args.units}, "
+          f"{'channels_last' if args.channels_last else 'NCHW'}, median of {args.repeats}")
+    print(header(backends))
+    rows = run_benchmark(cases, backends, args.modes, dtype, args.channels_last, args.repeats,
+                         args.warmup)
+    if args.json:
+        meta = {"machine": machine, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                "python": sys.version.split()[0], "dtype": args.dtype, "batch": args.batch,
+                "units": args.units, "channels_last": args.channels_last,
+                "repeats": args.repeats, "command": "python -m bench.conv " + " ".join(
+                    argv if argv is not None else sys.argv[1:])}
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        os.replace(tmp, args.json)
+        print(f"# wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

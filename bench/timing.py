@@ -1,0 +1,36 @@
+"""Side-by-side timing: candidates run round-robin in one process, medians compared."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable, Mapping
+
+
+def time_side_by_side(fns: Mapping[str, Callable[[], object]], *, repeats: int = 15,
+                      warmup: int = 3, min_seconds: float = 0.0) -> dict[str, float]:
+    """Median seconds per call of each function.
+
+    Each round calls every function once, in a freshly shuffled order, so that a noisy
+    neighbour slows all candidates alike and none always runs right after a memory-hungry
+    one (whose freed buffers make the next allocations page-fault); ``warmup`` rounds are
+    discarded. At least ``repeats`` rounds run, more while the total is under ``min_seconds``.
+    """
+    order = list(fns)
+    rng = random.Random(0)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < repeats or time.perf_counter() - start < min_seconds:
+        rng.shuffle(order)
+        for name in order:
+            fn = fns[name]
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+        rounds += 1
+    return {name: statistics.median(ts) for name, ts in samples.items()}

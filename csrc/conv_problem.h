@@ -1,0 +1,42 @@
+// The checked geometry of one sliced convolution, shared by every kernel of the extension.
+//
+// The Python wrapper validates arguments with friendlier messages first; these checks keep a
+// direct call of torch.ops.dvn_kernels.* from crashing or reading out of bounds.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <cstdint>
+
+#include "segments.h"
+
+namespace dvn {
+
+struct ConvProblem {
+  Segments in;   // active input channels of the weight
+  Segments out;  // active output channels of the weight
+  int64_t batch = 0;
+  int64_t in_channels = 0;   // compact: total length of `in`
+  int64_t out_channels = 0;  // compact: total length of `out`
+  int64_t height = 0, width = 0;          // input spatial size
+  int64_t out_height = 0, out_width = 0;  // output spatial size
+  int64_t kernel_h = 0, kernel_w = 0;
+  std::array<int64_t, 2> stride{}, padding{}, dilation{};
+};
+
+// Checks `weight` (4-D, floating), the segments against it, the compact input size `x_sizes`
+// against the input segments, and stride/padding/dilation; computes the output size.
+ConvProblem make_problem(at::IntArrayRef x_sizes, const at::Tensor& weight,
+                         at::IntArrayRef in_segments, at::IntArrayRef out_segments,
+                         at::IntArrayRef stride, at::IntArrayRef padding,
+                         at::IntArrayRef dilation);
+
+// Checks that `t` has the dtype and device of `like`, naming both arguments.
+void check_same_type(const at::Tensor& t, const char* name, const at::Tensor& like,
+                     const char* like_name);
+
+// Checks that `grad_out` has the compact output shape of `problem`.
+void check_grad_out(const at::Tensor& grad_out, const ConvProblem& problem);
+
+}  // namespace dvn

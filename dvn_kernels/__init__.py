@@ -1,0 +1,22 @@
+"""dvn_kernels: convolution over active channel ranges ("units") of a full weight.
+
+Knows channel segments, not tasks or levels (those live in ``dvn``).
+"""
+
+from .backends import BACKENDS, BackendUnavailableError, available_backends, resolve_backend
+from .extension import build_info
+from .segments import ChannelSegments, as_segments, segments_from_units, split_channels
+from .sliced_conv import sliced_conv2d
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "ChannelSegments",
+    "as_segments",
+    "available_backends",
+    "build_info",
+    "resolve_backend",
+    "segments_from_units",
+    "sliced_conv2d",
+    "split_channels",
+]

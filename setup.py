@@ -1,0 +1,125 @@
+"""Builds dvn_kernels._C: the C++ CPU kernels always, the CUDA kernels when possible.
+
+The CUDA sources (csrc/cuda) are compiled when torch is a CUDA build and a CUDA toolkit is
+found; otherwise the extension is built for CPU only and the reason is printed and recorded
+in dvn_kernels/_build_info.json (read by dvn_kernels.build_info()). Install with
+`pip install -e . --no-build-isolation` so the extension is compiled against the torch it
+runs with.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _log(message: str) -> None:
+    print(f"dvn setup: {message}", file=sys.stderr)
+
+
+def _nvcc_toolkit_root() -> str | None:
+    """The CUDA toolkit root that nvcc on PATH really uses (it may be a wrapper script)."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    try:
+        dry = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"^#\$ TOP=(.+)$", dry.stderr + dry.stdout, re.MULTILINE)
+    root = os.path.realpath(match.group(1).strip()) if match else None
+    return root if root and os.path.isdir(os.path.join(root, "include")) else None
+
+
+# torch.utils.cpp_extension reads CUDA_HOME when it is imported: derive it first.
+if not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH"):
+    _root = _nvcc_toolkit_root()
+    if _root:
+        os.environ["CUDA_HOME"] = _root
+
+import torch  # noqa: E402
+from torch.utils import cpp_extension  # noqa: E402
+
+
+def _sources(*patterns: str) -> list[str]:
+    found: list[str] = []
+    for pattern in patterns:
+        found += sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+    return found
+
+
+CPP_SOURCES = _sources("csrc/*.cpp", "csrc/cpu/*.cpp")
+CUDA_SOURCES = _sources("csrc/cuda/*.cu", "csrc/cuda/*.cpp")
+
+
+def _why_no_cuda() -> str | None:
+    """None when the CUDA kernels can be built, else the reason they are not."""
+    if os.environ.get("DVN_NO_CUDA") == "1":
+        return "DVN_NO_CUDA=1 is set"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    if cpp_extension.CUDA_HOME is None:
+        return "no CUDA toolkit found (put nvcc on PATH or set CUDA_HOME)"
+    if not CUDA_SOURCES:
+        return "csrc/cuda has no sources yet"
+    return None
+
+
+def _nvidia_include_dirs() -> list[str]:
+    """Headers of torch's own nvidia wheels (cuBLAS, cuSPARSE), missing from minimal toolkits."""
+    try:
+        import nvidia  # type: ignore[import-not-found]
+    except ImportError:
+        return []
+    dirs = []
+    for base in nvidia.__path__:
+        dirs += [d for d in glob.glob(os.path.join(base, "cu*", "include")) if os.path.isdir(d)]
+    return dirs
+
+
+def _extension():
+    why_not = _why_no_cuda()
+    cxx_flags = ["-O3", "-DPy_LIMITED_API=0x03090000"]
+    if why_not is not None:
+        _log(f"building the C++ CPU kernels only: {why_not}")
+        ext = cpp_extension.CppExtension(
+            "dvn_kernels._C", CPP_SOURCES, extra_compile_args={"cxx": cxx_flags},
+            py_limited_api=True)
+        return ext, {"cuda": False, "why_no_cuda": why_not}
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        # torch cannot detect an architecture without a GPU; default to Hopper (H100/H200).
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "detected from the local GPU")
+    _log(f"building the C++ CPU and CUDA kernels (CUDA_HOME={cpp_extension.CUDA_HOME}, "
+         f"TORCH_CUDA_ARCH_LIST={arch})")
+    ext = cpp_extension.CUDAExtension(
+        "dvn_kernels._C", CPP_SOURCES + CUDA_SOURCES,
+        include_dirs=_nvidia_include_dirs(),
+        define_macros=[("DVN_WITH_CUDA", "1")],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+        py_limited_api=True)
+    return ext, {"cuda": True, "cuda_arch_list": arch, "cuda_version": torch.version.cuda}
+
+
+EXTENSION, BUILD_INFO = _extension()
+BUILD_INFO["torch"] = torch.__version__
+with open(os.path.join(ROOT, "dvn_kernels", "_build_info.json"), "w") as f:
+    json.dump(BUILD_INFO, f, indent=1)
+
+setup(
+    packages=find_packages(include=["dvn", "dvn.*", "dvn_kernels", "dvn_kernels.*"]),
+    package_data={"dvn_kernels": ["_build_info.json"]},
+    ext_modules=[EXTENSION],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+)

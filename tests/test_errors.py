@@ -1,0 +1,105 @@
+"""Bad input raises a clear error that names the argument; no crash, no silent result."""
+
+import pytest
+import torch
+
+import dvn_kernels
+from dvn_kernels import BackendUnavailableError, sliced_conv2d
+
+W = torch.randn(8, 6, 3, 3)
+B = torch.randn(8)
+X = torch.randn(2, 4, 7, 7)
+GOOD = dict(x=X, weight=W, bias=B, in_segments=[(0, 2), (4, 2)], out_segments=[(1, 3)],
+            stride=1, padding=1, dilation=1)
+
+CASES = [
+    # segments
+    (dict(in_segments=[(0, 2), (5, 2)]), ValueError, r"in_segments: segment 1 .* outside the 6"),
+    (dict(out_segments=[(6, 3)]), ValueError, r"out_segments: segment 0 .* outside the 8"),
+    (dict(in_segments=[(0, 3), (2, 1)]), ValueError, r"in_segments: .*sorted and disjoint"),
+    (dict(in_segments=[(4, 2), (0, 2)]), ValueError, r"in_segments: .*sorted and disjoint"),
+    (dict(in_segments=[]), ValueError, r"in_segments: at least one segment"),
+    (dict(out_segments=[(1, 0)]), ValueError, r"out_segments: .*positive length"),
+    (dict(in_segments=None), TypeError, r"in_segments: expected a sequence"),
+    # x
+    (dict(in_segments=[(0, 3)]), ValueError, r"x: has 4 channels but in_segments select 3"),
+    (dict(x=X[0]), ValueError, r"x: expected a 4-D"),
+    (dict(x=X.numpy()), TypeError, r"x: expected a torch.Tensor"),
+    (dict(x=X.double()), TypeError, r"x: dtype torch.float64 does not match weight"),
+    (dict(x=torch.randn(2, 4, 1, 1), padding=0), ValueError, r"x: padded H size 1 is smaller"),
+    # weight and bias
+    (dict(weight=W[0]), ValueError, r"weight: expected a 4-D"),
+    (dict(weight=W.long(), x=X.long(), bias=None), TypeError, r"weight: expected a floating"),
+    (dict(bias=B[:7]), ValueError, r"bias: expected shape \(8,\)"),
+    (dict(bias=B.double()), TypeError, r"bias: dtype torch.float64 does not match"),
+    (dict(bias=[1.0]), TypeError, r"bias: expected a torch.Tensor or None"),
+    (dict(x=X.to("meta")), ValueError, r"x: device meta does not match weight's device cpu"),
+    # geometry
+    (dict(stride=0), ValueError, r"stride: values must be >= 1"),
+    (dict(stride=(1, 2, 3)), TypeError, r"stride: expected an int or a pair"),
+    (dict(stride=True), TypeError, r"stride: expected an int or a pair"),
+    (dict(padding=-1), ValueError, r"padding: values must be >= 0"),
+    (dict(padding="full"), ValueError, r"padding: expected an int, a pair, 'same' or 'valid'"),
+    (dict(padding="same", stride=2), ValueError, r"padding: 'same' needs stride 1"),
+    (dict(dilation=0), ValueError, r"dilation: values must be >= 1"),
+    (dict(dilation=1.5), TypeError, r"dilation: expected an int or a pair"),
+    # groups and backend
+    (dict(groups=2), NotImplementedError, r"groups: only groups=1 is supported"),
+    (dict(backend="fast"), ValueError, r"backend: unknown backend 'fast'"),
+    (dict(backend=3), TypeError, r"backend: expected a string"),
+    (dict(backend="triton"), BackendUnavailableError, r"backend: 'triton' is unavailable"),
+    (dict(backend="cuda"), BackendUnavailableError, r"backend: 'cuda' is unavailable"),
+]
+
+
+@pytest.mark.parametrize("change, error, message", CASES,
+                         ids=[f"{i}-{next(iter(c[0]))}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize("backend", ["reference", "masked", "cpu"])
+def test_bad_input_names_the_argument(change, error, message, backend):
+    kwargs = dict(GOOD, backend=backend)
+    kwargs.update(change)
+    x, weight, bias = kwargs.pop("x"), kwargs.pop("weight"), kwargs.pop("bias")
+    with pytest.raises(error, match=message):
+        sliced_conv2d(x, weight, bias, **kwargs)
+
+
+def test_same_padding_with_even_kernel_is_refused():
+    w = torch.randn(4, 4, 2, 2)
+    with pytest.raises(ValueError, match="padding: 'same' needs an even"):
+        sliced_conv2d(torch.randn(1, 4, 5, 5), w, in_segments=[(0, 4)], out_segments=[(0, 4)],
+                      padding="same")
+
+
+def test_cpu_backend_refuses_other_devices():
+    if "cpu" not in dvn_kernels.available_backends():
+        pytest.skip("no cpu kernel")
+    w = W.to("meta")
+    with pytest.raises(BackendUnavailableError, match="backend: 'cpu' is unavailable: it runs "
+                                                      "on CPU tensors, got tensors on meta"):
+        sliced_conv2d(X.to("meta"), w, in_segments=[(0, 4)], out_segments=[(0, 8)],
+                      backend="cpu")
+
+
+def test_direct_op_calls_are_checked_in_cpp():
+    """torch.ops.dvn_kernels.* bypasses the Python checks; the C++ checks must still hold."""
+    if "cpu" not in dvn_kernels.available_backends():
+        pytest.skip("no cpu kernel")
+    op = torch.ops.dvn_kernels.sliced_conv2d
+    geometry = ([1, 1], [1, 1], [1, 1])
+    with pytest.raises(ValueError, match="in_segments: segment 0 .* outside the 6 channels"):
+        op(X, W, B, [4, 4], [0, 8], *geometry)
+    with pytest.raises(ValueError, match="in_segments: segment 1 .* sorted and disjoint"):
+        op(X, W, B, [2, 2, 0, 2], [0, 8], *geometry)
+    with pytest.raises(ValueError, match="in_segments: expected a flat list"):
+        op(X, W, B, [0, 2, 4], [0, 8], *geometry)
+    with pytest.raises(ValueError, match="x: has 4 channels but in_segments select 2"):
+        op(X, W, B, [0, 2], [0, 8], *geometry)
+    with pytest.raises(ValueError, match=r"bias: expected shape \(8,\)"):
+        op(X, W, B[:3], [0, 4], [0, 8], *geometry)
+    with pytest.raises(TypeError, match="x: dtype Double does not match weight's dtype Float"):
+        op(X.double(), W, B, [0, 4], [0, 8], *geometry)
+    with pytest.raises(ValueError, match="stride: values must be >= 1"):
+        op(X, W, B, [0, 4], [0, 8], [0, 1], [1, 1], [1, 1])
+    with pytest.raises(ValueError, match="grad_out: expected shape"):
+        torch.ops.dvn_kernels.sliced_conv2d_backward(torch.randn(2, 3, 7, 7), X, W, [0, 4],
+                                                     [0, 8], *geometry, [True, True, True])
