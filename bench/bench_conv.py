@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dvn_kernels
-from bench.conv import ConvCase, _candidates, main, wrn_cases
+from bench.conv import ConvCase, candidates, main, wrn_cases
 
 IMPLS = ["compact"] + [b for b in ("masked", "reference", "cpu")
                        if b in dvn_kernels.available_backends()]
@@ -19,7 +19,7 @@ CASES = wrn_cases(batch=32, units=4, levels=[1, 4], shortcuts=False)
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.name}-L{c.level}")
 def test_conv(benchmark, case: ConvCase, impl: str, mode: str):
-    fn = _candidates(case, [b for b in IMPLS if b != "compact"], mode, torch.float32, False)[impl]
+    fn = candidates(case, [b for b in IMPLS if b != "compact"], mode, torch.float32, False)[impl]
     benchmark.group = f"{case.name} L{case.level} {mode}"
     benchmark(fn)
 

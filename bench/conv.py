@@ -47,25 +47,33 @@ class ConvCase:
     level: int
     units: int
     batch: int
+    cyclic: bool = False  # level 2 as units {0, k-1}: two channel ranges per side
+
+    def active_units(self) -> list[int]:
+        return [0, self.units - 1] if self.cyclic else list(range(self.level))
 
     def segments(self) -> tuple[dvn_kernels.ChannelSegments, dvn_kernels.ChannelSegments]:
-        active = range(self.level)
+        active = self.active_units()
         return (dvn_kernels.segments_from_units(dvn_kernels.split_channels(self.c_in, self.units),
                                                 active),
                 dvn_kernels.segments_from_units(dvn_kernels.split_channels(self.c_out, self.units),
                                                 active))
 
 
-def wrn_cases(batch: int, units: int, levels: list[int], shortcuts: bool) -> list[ConvCase]:
+def wrn_cases(batch: int, units: int, levels: list[int], shortcuts: bool,
+              cyclic: bool = False) -> list[ConvCase]:
     cases = [ConvCase(n, c, c, s, 3, 1, 1, lv, units, batch)
              for n, c, s in WRN_STAGES for lv in levels]
+    if cyclic:
+        cases += [ConvCase(n, c, c, s, 3, 1, 1, 2, units, batch, cyclic=True)
+                  for n, c, s in WRN_STAGES]
     if shortcuts:
         cases += [ConvCase(n, ci, co, s, 1, 2, 0, lv, units, batch)
                   for n, ci, co, s in WRN_SHORTCUTS for lv in levels]
     return cases
 
 
-def _candidates(case: ConvCase, backends: list[str], mode: str, dtype: torch.dtype,
+def candidates(case: ConvCase, backends: list[str], mode: str, dtype: torch.dtype,
                 channels_last: bool) -> dict[str, Callable[[], object]]:
     """Closures running one pass of each candidate on the same data."""
     gen = torch.Generator().manual_seed(0)
@@ -103,7 +111,7 @@ def run_benchmark(cases: list[ConvCase], backends: list[str], modes: list[str],
     rows = []
     for case in cases:
         for mode in modes:
-            fns = _candidates(case, backends, mode, dtype, channels_last)
+            fns = candidates(case, backends, mode, dtype, channels_last)
             times = time_side_by_side(fns, repeats=repeats, warmup=warmup)
             row = {**asdict(case), "mode": mode, "ms": {k: v * 1e3 for k, v in times.items()}}
             rows.append(row)
@@ -128,6 +136,8 @@ def format_row(row: dict, backends: list[str]) -> str:
     speed = [f"{ms['masked'] / ms[b]:.1f}x" for b in backends if b != "masked"] \
         if "masked" in ms else []
     level = f"{row['level']}/{row['units']}"
+    if row.get("cyclic"):
+        level += f" {{0,{row['units'] - 1}}}"
     return "| " + " | ".join([shape, level, row["mode"]] + cells + ratios + speed) + " |"
 
 
@@ -155,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--shortcuts", action="store_true", help="also time the 1x1 shortcut convs")
+    p.add_argument("--cyclic", action="store_true",
+                   help="also time level 2 as units {0, k-1} (two channel ranges per side)")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -171,16 +183,18 @@ def main(argv: list[str] | None = None) -> int:
                                  if b in dvn_kernels.available_backends("cpu", dtype)]
     if "masked" not in backends:
         backends = ["masked"] + backends
-    cases = wrn_cases(args.batch, args.units, levels, args.shortcuts)
+    cases = wrn_cases(args.batch, args.units, levels, args.shortcuts, args.cyclic)
     machine = machine_name()
-    print(f"# sliced conv benchmark: {machine}, {torch.get_num_threads()} threads, torch "
+    print(f"# sliced conv benchmark: {machine} ({torch.backends.cpu.get_cpu_capability()}), "
+          f"{torch.get_num_threads()} threads, torch "
           f"{torch.__version__}, {args.dtype}, batch {args.batch}, k={args.units}, "
           f"{'channels_last' if args.channels_last else 'NCHW'}, median of {args.repeats}")
     print(header(backends))
     rows = run_benchmark(cases, backends, args.modes, dtype, args.channels_last, args.repeats,
                          args.warmup)
     if args.json:
-        meta = {"machine": machine, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        meta = {"machine": machine, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "threads": torch.get_num_threads(), "torch": torch.__version__,
                 "python": sys.version.split()[0], "dtype": args.dtype, "batch": args.batch,
                 "units": args.units, "channels_last": args.channels_last,
                 "repeats": args.repeats, "command": "python -m bench.conv " + " ".join(

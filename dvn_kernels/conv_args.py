@@ -157,5 +157,3 @@ def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int
     """Spatial output size of a convolution along one dimension."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
-
-__all__ = ["ConvArgs", "ChannelSegments", "check_conv_args", "output_size"]

@@ -5,10 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+import dvn_kernels
 from dvn_kernels import ChannelSegments
+
+requires_cpu_kernel = pytest.mark.skipif(
+    "cpu" not in dvn_kernels.available_backends("cpu"),
+    reason="the C++ extension dvn_kernels._C is not built")
 
 # Segment layouts for 13 input and 11 output channels: starts not multiples of 8, one, two,
 # three ranges, and everything.

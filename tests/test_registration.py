@@ -5,8 +5,7 @@ import torch
 
 import dvn_kernels
 from dvn_kernels import extension, sliced_conv2d
-from helpers import SEGMENT_LAYOUTS, make_problem
-from conftest import requires_cpu_kernel
+from helpers import SEGMENT_LAYOUTS, make_problem, requires_cpu_kernel
 
 OPS = torch.ops.dvn_kernels if extension.LOADED else None
 

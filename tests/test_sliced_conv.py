@@ -162,3 +162,17 @@ def test_inference_mode():
             y = sliced_conv2d(p.x, p.weight, p.bias, in_segments=p.ins, out_segments=p.outs,
                               backend=backend, **p.conv)
             torch.testing.assert_close(y, oracle(p), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["reference", "masked", "auto"])
+def test_cuda_tensors_match_the_cpu_oracle(backend):
+    p = make_problem(*SEGMENT_LAYOUTS["two"], dtype=torch.float64, stride=2)
+    expected = oracle(p)
+    want = grads(expected, p.leaves())
+    leaves = [t.detach().cuda().requires_grad_() for t in p.leaves()]
+    y = sliced_conv2d(*leaves, in_segments=p.ins, out_segments=p.outs, backend=backend, **p.conv)
+    assert y.is_cuda
+    torch.testing.assert_close(y.cpu(), expected)
+    for a, b in zip(grads(y, leaves), want):
+        torch.testing.assert_close(a.cpu(), b)
