@@ -12,8 +12,6 @@ side by side in one process, and prints medians and ratios.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import sys
 from collections.abc import Callable
@@ -23,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import dvn_kernels
-from bench.timing import time_side_by_side
+from bench.timing import time_side_by_side, write_results
 
 # (name, channels, spatial size) of the 3x3 convs of WRN-32-4's three stages.
 WRN_STAGES = [("wrn-s1", 64, 32), ("wrn-s2", 128, 16), ("wrn-s3", 256, 8)]
@@ -199,12 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 "units": args.units, "channels_last": args.channels_last,
                 "repeats": args.repeats, "command": "python -m bench.conv " + " ".join(
                     argv if argv is not None else sys.argv[1:])}
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
-        os.replace(tmp, args.json)
-        print(f"# wrote {args.json}")
+        write_results(args.json, meta, rows)
     return 0
 
 

@@ -1,7 +1,9 @@
-"""Side-by-side timing: candidates run round-robin in one process, medians compared."""
+"""Side-by-side timing (candidates round-robin in one process, medians) and result files."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import statistics
 import time
@@ -34,3 +36,13 @@ def time_side_by_side(fns: Mapping[str, Callable[[], object]], *, repeats: int =
             samples[name].append(time.perf_counter() - t0)
         rounds += 1
     return {name: statistics.median(ts) for name, ts in samples.items()}
+
+
+def write_results(path: str, meta: dict, rows: list[dict]) -> None:
+    """Writes {"meta", "rows"} as JSON: to a temporary file, then renamed over ``path``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    os.replace(tmp, path)
+    print(f"# wrote {path}")

@@ -1,0 +1,15 @@
+"""Smoke test of the whole-model benchmark (python -m bench.models makes the table)."""
+
+import json
+
+from bench.models import main
+
+
+def test_models_runner_writes_json(tmp_path, capsys):
+    out = tmp_path / "models.json"
+    assert main(["--models", "wrn-32-4", "--levels", "1", "--batch", "2", "--repeats", "1",
+                 "--warmup", "0", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["params"] > 1.8e6
+    assert set(rows[0]["ms"]) == {"sliced", "static", "masked"}
+    assert "| wrn-32-4 (32x32, batch 2) | 1/2 |" in capsys.readouterr().out

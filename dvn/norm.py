@@ -1,0 +1,75 @@
+"""SlicedBatchNorm2d: private batch norm per (task, level), sized to the active channels."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .networks import Active, VirtualNetworks
+from .units import UnitLayout, UnitSpec
+
+
+class SlicedBatchNorm2d(nn.Module):
+    """One ``nn.BatchNorm2d`` per (task, level) of ``networks``, over that level's channels.
+
+    Statistics of a sub-network differ from the full network's, so sharing them is wrong at
+    every width but one: each configuration keeps its own running statistics and affine
+    parameters (``norms["t<task>_l<level>"]``).
+    """
+
+    def __init__(self, num_features: int, units: UnitSpec, networks: VirtualNetworks,
+                 eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        self.layout = UnitLayout.of(num_features, units)
+        self.num_features = num_features
+        self.scoped_active: Optional[Active] = None  # set by VirtualModel during a call
+        self.norms = nn.ModuleDict()
+        for task, level in networks.configs():
+            active = networks.active(task, level)
+            self.norms[active.key] = nn.BatchNorm2d(
+                self.layout.width(active.unit_set), eps, momentum, affine, track_running_stats,
+                device=device, dtype=dtype)
+
+    def norm(self, active: Optional[Active]) -> nn.BatchNorm2d:
+        active = active if active is not None else self.scoped_active
+        if active is None:
+            raise ValueError("active: SlicedBatchNorm2d needs a (task, level): its statistics "
+                             "are private to each configuration")
+        try:
+            return self.norms[active.key]
+        except KeyError:
+            raise ValueError(f"active: no batch norm for task {active.task} at level "
+                             f"{active.level} in this layer") from None
+
+    def forward(self, x: torch.Tensor, active: Optional[Active] = None) -> torch.Tensor:
+        active = active if active is not None else self.scoped_active
+        bn = self.norm(active)
+        if x.dim() != 4 or x.shape[1] != bn.num_features:
+            raise ValueError(f"x: expected (N, {bn.num_features}, H, W) for task {active.task} "
+                             f"at level {active.level}, got {tuple(x.shape)}")
+        return bn(x)
+
+    def export(self, active: Optional[Active]) -> nn.BatchNorm2d:
+        """A copy of this configuration's nn.BatchNorm2d."""
+        bn = self.norm(active)
+        out = nn.BatchNorm2d(bn.num_features, bn.eps, bn.momentum, bn.affine,
+                             bn.track_running_stats, device=_device(bn), dtype=_dtype(bn))
+        out.load_state_dict(bn.state_dict())
+        out.train(bn.training)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, units={self.layout.count}, configs={len(self.norms)}"
+
+
+def _device(module: nn.Module) -> Optional[torch.device]:
+    tensors = list(module.parameters()) + list(module.buffers())
+    return tensors[0].device if tensors else None
+
+
+def _dtype(module: nn.Module) -> Optional[torch.dtype]:
+    params = list(module.parameters())
+    return params[0].dtype if params else None

@@ -1,0 +1,103 @@
+"""Unit layouts: how one layer's channels split into units, and the segments of a unit set.
+
+Units, tasks and levels in ``dvn`` are **1-based**, as in the paper: unit 1 is the first channel
+group, task 1 the first task, level l uses l units. (``dvn_kernels`` below speaks channels.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Optional, Union
+
+from dvn_kernels import ChannelSegments, segments_from_units, split_channels
+
+UnitSpec = Union[None, int, Sequence[int], "UnitLayout"]
+
+
+class UnitLayout:
+    """The channels of one layer split into units (or not split: one range for every set).
+
+    ``UnitLayout(64, 4)`` gives 4 units of 16; ``UnitLayout(10, 3)`` spreads the remainder
+    over the first units ([4, 3, 3]); ``UnitLayout(10, [6, 4])`` takes explicit sizes;
+    ``UnitLayout(3, None)`` is unsplit (an RGB input: every unit set sees all 3 channels).
+    """
+
+    __slots__ = ("channels", "sizes", "_cache")
+
+    def __init__(self, channels: int, units: Union[None, int, Sequence[int]] = None) -> None:
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels: expected a positive int, got {channels!r}")
+        self.channels = channels
+        if units is None:
+            self.sizes: Optional[tuple[int, ...]] = None
+        elif isinstance(units, int) and not isinstance(units, bool):
+            if units < 1 or units > channels:
+                raise ValueError(f"units: cannot split {channels} channels into {units} units "
+                                 f"(need 1 <= units <= channels)")
+            self.sizes = tuple(split_channels(channels, units))
+        else:
+            sizes = tuple(units)
+            if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
+                                for s in sizes):
+                raise ValueError(f"units: explicit unit sizes must be positive ints, "
+                                 f"got {list(sizes)}")
+            if sum(sizes) != channels:
+                raise ValueError(f"units: unit sizes {list(sizes)} sum to {sum(sizes)}, "
+                                 f"not to the {channels} channels")
+            self.sizes = sizes
+        self._cache: dict[tuple[int, ...], ChannelSegments] = {}
+
+    @classmethod
+    def of(cls, channels: int, units: UnitSpec) -> UnitLayout:
+        """``units`` as a layout of ``channels`` channels (a layout is checked and returned)."""
+        if isinstance(units, UnitLayout):
+            if units.channels != channels:
+                raise ValueError(f"units: layout of {units.channels} channels given for a "
+                                 f"layer of {channels}")
+            return units
+        return cls(channels, units)
+
+    @property
+    def split(self) -> bool:
+        return self.sizes is not None
+
+    @property
+    def count(self) -> Optional[int]:
+        """Number of units, or None when unsplit."""
+        return None if self.sizes is None else len(self.sizes)
+
+    def segments(self, units: Optional[Iterable[int]]) -> ChannelSegments:
+        """Channel segments of a set of 1-based units (all channels for None or unsplit)."""
+        if self.sizes is None or units is None:
+            return ChannelSegments.full(self.channels)
+        key = tuple(sorted(units))
+        cached = self._cache.get(key)
+        if cached is None:
+            for u in key:
+                if not 1 <= u <= len(self.sizes):
+                    raise ValueError(f"units: unit {u} does not exist in a layer of "
+                                     f"{len(self.sizes)} units (units are 1..{len(self.sizes)})")
+            cached = segments_from_units(self.sizes, [u - 1 for u in key])
+            self._cache[key] = cached
+        return cached
+
+    def width(self, units: Optional[Iterable[int]]) -> int:
+        """Number of active channels for a set of units."""
+        return self.segments(units).total
+
+    def unit_sizes(self, units: Iterable[int]) -> list[int]:
+        """Sizes of the given units in ascending unit order (one size for unsplit layouts)."""
+        if self.sizes is None:
+            return [self.channels]
+        return [self.sizes[u - 1] for u in sorted(units)]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, UnitLayout):
+            return NotImplemented
+        return (self.channels, self.sizes) == (other.channels, other.sizes)
+
+    def __hash__(self) -> int:
+        return hash((self.channels, self.sizes))
+
+    def __repr__(self) -> str:
+        return f"UnitLayout({self.channels}, {list(self.sizes) if self.sizes else None})"
