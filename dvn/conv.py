@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import dvn_kernels
+from dvn_kernels.channels import take_channels
 
 from .networks import Active
 from .units import UnitLayout, UnitSpec
@@ -71,14 +72,13 @@ class SlicedConv2d(nn.Conv2d):
         """A plain nn.Conv2d holding a copy of this selection's weight block."""
         ins, outs = self.segments(active)
         with torch.no_grad():
-            w = self.weight[torch.tensor(outs.indices(), device=self.weight.device)]
-            w = w[:, torch.tensor(ins.indices(), device=self.weight.device)]
+            w = take_channels(take_channels(self.weight, 0, outs.flat()), 1, ins.flat())
             conv = nn.Conv2d(ins.total, outs.total, self.kernel_size, self.stride, self.padding,
                              self.dilation, 1, self.bias is not None, self.padding_mode,
                              device=w.device, dtype=w.dtype)
             conv.weight.copy_(w)
             if self.bias is not None:
-                conv.bias.copy_(self.bias[torch.tensor(outs.indices(), device=w.device)])
+                conv.bias.copy_(take_channels(self.bias, 0, outs.flat()))
         return conv
 
     def extra_repr(self) -> str:

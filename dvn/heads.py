@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Optional, Union
 
@@ -50,11 +51,7 @@ class LevelHeads(nn.Module):
         return head(features)
 
     def export(self, active: Active) -> nn.Linear:
-        head = self.head(active)
-        out = nn.Linear(head.in_features, head.out_features, head.bias is not None,
-                        device=head.weight.device, dtype=head.weight.dtype)
-        out.load_state_dict(head.state_dict())
-        return out
+        return copy.deepcopy(self.head(active))
 
 
 class SlicedLinear(nn.Linear):

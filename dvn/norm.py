@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import torch
@@ -34,7 +35,6 @@ class SlicedBatchNorm2d(nn.Module):
                 device=device, dtype=dtype)
 
     def norm(self, active: Optional[Active]) -> nn.BatchNorm2d:
-        active = active if active is not None else self.scoped_active
         if active is None:
             raise ValueError("active: SlicedBatchNorm2d needs a (task, level): its statistics "
                              "are private to each configuration")
@@ -54,22 +54,8 @@ class SlicedBatchNorm2d(nn.Module):
 
     def export(self, active: Optional[Active]) -> nn.BatchNorm2d:
         """A copy of this configuration's nn.BatchNorm2d."""
-        bn = self.norm(active)
-        out = nn.BatchNorm2d(bn.num_features, bn.eps, bn.momentum, bn.affine,
-                             bn.track_running_stats, device=_device(bn), dtype=_dtype(bn))
-        out.load_state_dict(bn.state_dict())
-        out.train(bn.training)
-        return out
+        return copy.deepcopy(self.norm(active))
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, units={self.layout.count}, configs={len(self.norms)}"
 
-
-def _device(module: nn.Module) -> Optional[torch.device]:
-    tensors = list(module.parameters()) + list(module.buffers())
-    return tensors[0].device if tensors else None
-
-
-def _dtype(module: nn.Module) -> Optional[torch.dtype]:
-    params = list(module.parameters())
-    return params[0].dtype if params else None
