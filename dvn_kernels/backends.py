@@ -3,23 +3,32 @@
 - ``reference``: slice the weight, dense conv (pure PyTorch; the correctness oracle).
 - ``masked``: dense conv of the full weight on a zero-scattered input (the speed baseline).
 - ``cpu``: the C++ kernel of dvn_kernels._C, on CPU tensors.
-- ``triton``, ``cuda``: GPU kernels (reserved; not built yet).
+- ``triton``: the Triton kernels of dvn_kernels.triton, on CUDA tensors (float32, bfloat16,
+  float16), or on CPU tensors under ``TRITON_INTERPRET=1`` (float32 and float16 only: the
+  interpreter computes bfloat16 wrongly).
+- ``cuda``: CUDA kernels (reserved; not built yet).
 - ``auto``: the fastest available for the input: ``cpu`` on CPU tensors of a supported dtype;
-  otherwise ``reference``.
+  ``triton`` on CUDA tensors of a supported dtype; otherwise ``reference``.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from typing import Callable, Optional
 
 import torch
 
 from . import extension
+from .conv_args import ConvArgs
 from .native import native_conv2d
 from .reference import masked_conv2d, reference_conv2d
 
 BACKENDS = ("auto", "reference", "masked", "cpu", "triton", "cuda")
 CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+TRITON_INTERPRETER_DTYPES = (torch.float32, torch.float16)
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # located, not imported
 
 
 class BackendUnavailableError(RuntimeError):
@@ -39,9 +48,36 @@ def _why_unavailable(name: str, device: torch.device, dtype: torch.dtype) -> Opt
         if dtype not in CPU_DTYPES:
             return f"it supports {', '.join(str(d) for d in CPU_DTYPES)}, got {dtype}"
         return None
-    if name in ("triton", "cuda"):
+    if name == "triton":
+        return _why_triton_unavailable(device, dtype)
+    if name == "cuda":
         return "its GPU kernels are not implemented yet (use 'reference' on GPUs for now)"
     raise ValueError(f"backend: unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _why_triton_unavailable(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    if not TRITON_INSTALLED:
+        return "the triton package is not installed"
+    if not hasattr(torch.library, "triton_op"):
+        return f"torch.library.triton_op needs torch >= 2.6, got {torch.__version__}"
+    if device.type == "cuda":
+        dtypes = TRITON_DTYPES
+    elif device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        dtypes = TRITON_INTERPRETER_DTYPES
+    else:
+        return (f"it runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), "
+                f"got tensors on {device}")
+    if dtype not in dtypes:
+        where = "on CUDA" if device.type == "cuda" else "in the Triton interpreter"
+        return f"it supports {', '.join(str(d) for d in dtypes)} {where}, got {dtype}"
+    return None
+
+
+def _triton_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   args: ConvArgs) -> torch.Tensor:
+    from .triton import triton_conv2d  # imports Triton: only when the backend runs
+
+    return triton_conv2d(x, weight, bias, args)
 
 
 def available_backends(device: torch.device | str = "cpu",
@@ -58,6 +94,8 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     if backend == "auto":
         if _why_unavailable("cpu", x.device, x.dtype) is None:
             return "cpu"
+        if x.device.type == "cuda" and _why_unavailable("triton", x.device, x.dtype) is None:
+            return "triton"
         return "reference"
     why = _why_unavailable(backend, x.device, x.dtype)
     if why is not None:
@@ -69,4 +107,5 @@ IMPLEMENTATIONS: dict[str, Callable] = {
     "reference": reference_conv2d,
     "masked": masked_conv2d,
     "cpu": native_conv2d,
+    "triton": _triton_conv2d,
 }

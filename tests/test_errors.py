@@ -47,7 +47,9 @@ CASES = [
     (dict(groups=2), NotImplementedError, r"groups: only groups=1 is supported"),
     (dict(backend="fast"), ValueError, r"backend: unknown backend 'fast'"),
     (dict(backend=3), TypeError, r"backend: expected a string"),
-    (dict(backend="triton"), BackendUnavailableError, r"backend: 'triton' is unavailable"),
+    # float64 CPU tensors: no Triton path (not on CUDA, not in the interpreter either)
+    (dict(backend="triton", x=X.double(), weight=W.double(), bias=B.double()),
+     BackendUnavailableError, r"backend: 'triton' is unavailable"),
     (dict(backend="cuda"), BackendUnavailableError, r"backend: 'cuda' is unavailable"),
 ]
 

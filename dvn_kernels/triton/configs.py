@@ -1,0 +1,141 @@
+"""Tile configurations, autotune keys and the split-K heuristic shared by the three passes.
+
+Autotuning is keyed on power-of-two buckets of the GEMM sizes (plus kernel size, split and
+layout), so all levels of a network share a handful of keys instead of one per width. Under
+``TRITON_INTERPRET=1`` (CPU tests) each pass has one large-block configuration: the
+interpreter's cost grows with programs x loop iterations, and one config means no
+benchmarking.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# DVN_TRITON_AUTOTUNE=0: only the first configuration of each pass (no tuning, few compiles;
+# scripts/gpu-check runs the test suite so).
+AUTOTUNE_ENABLED = os.environ.get("DVN_TRITON_AUTOTUNE", "1") != "0"
+
+# Autotune key: bucketed GEMM sizes and the few constexprs that change the best tile.
+KEY = ["M_BUCKET", "N_BUCKET", "K_BUCKET", "KH", "KW", "SPLIT_K", "CHANNELS_LAST"]
+
+
+def _cfg(bm: int, bn: int, bk: int, stages: int, warps: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
+                         num_stages=stages, num_warps=warps)
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps). M = pixels, N = output (or input) channels.
+_GEMM_GPU = [(128, 64, 32, 4, 4), (128, 128, 32, 3, 8), (64, 128, 32, 4, 4), (128, 32, 32, 4, 4),
+             (64, 64, 32, 4, 4), (256, 64, 32, 3, 8), (128, 64, 64, 3, 4), (64, 32, 64, 4, 4)]
+# Weight gradient: M = output channels, N = input channels of one tap, K = pixels.
+_WGRAD_GPU = [(64, 64, 64, 3, 4), (128, 64, 64, 3, 8), (64, 128, 64, 3, 8), (128, 128, 32, 3, 8),
+              (32, 64, 128, 3, 4), (64, 32, 128, 3, 4), (32, 32, 128, 4, 4)]
+_GEMM_INTERPRET = [(128, 32, 16, 1, 4)]
+_WGRAD_INTERPRET = [(32, 32, 128, 1, 4)]
+
+
+def _configs(gpu: list[tuple], interpret: list[tuple]) -> list[triton.Config]:
+    chosen = interpret if INTERPRET else gpu
+    return [_cfg(*c) for c in (chosen if AUTOTUNE_ENABLED else chosen[:1])]
+
+
+def gemm_configs() -> list[triton.Config]:
+    """Configurations of the forward and grad-input kernels (the first is the default)."""
+    return _configs(_GEMM_GPU, _GEMM_INTERPRET)
+
+
+def wgrad_configs() -> list[triton.Config]:
+    """Configurations of the grad-weight kernel (the first is the default)."""
+    return _configs(_WGRAD_GPU, _WGRAD_INTERPRET)
+
+
+def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Drops tiles far larger than the problem (a 128-wide N tile for 16 channels)."""
+    m_cap = max(32, named_args["M_BUCKET"])
+    n_cap = max(32, named_args["N_BUCKET"])
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= m_cap and c.kwargs["BLOCK_N"] <= n_cap]
+    return kept or configs[:1]
+
+
+def bench(fn, quantiles):
+    """Short autotune timing (the default 25+100 ms per config is too slow for many keys)."""
+    return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+
+
+AUTOTUNE = dict(key=KEY, prune_configs_by={"early_config_prune": prune}, do_bench=bench)
+
+
+def bucket(n: int) -> int:
+    """Power-of-two bucket of a size (at least 32, the smallest tile): the autotune key of
+    that size. Channel counts enter the keys as channels, not channels x taps (the kernel
+    size is a key of its own), so the four levels of k = 4 equal units share at most three
+    keys per layer shape and pass."""
+    return max(32, 1 << max(0, int(n) - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device``; 1 for CPU tensors (the interpreter), so the
+    heuristic never splits there (tests ask for a split explicitly)."""
+    if device.type != "cuda":
+        return 1
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def choose_split_k(tiles: int, k_chunks: int, sms: int, *, max_split: int = 32,
+                   min_chunks: int = 8) -> int:
+    """Number of K splits for ``tiles`` output tiles on ``sms`` multiprocessors.
+
+    Splits only when the tiles fill less than half of the GPU, to about two waves;
+    ``k_chunks`` is the reduction length in 64-element chunks and each split keeps at least
+    ``min_chunks`` of them, so the float32 partials stay small next to the work they save.
+    """
+    if 2 * tiles > sms or k_chunks < 2 * min_chunks:
+        return 1
+    want = triton.cdiv(2 * sms, max(tiles, 1))
+    return max(1, min(want, max_split, k_chunks // min_chunks))
+
+
+class _Skip:
+    """Stands in for a launch that must not run: ``_Skip()[grid](*args)`` does nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def launcher(kernel, sample: torch.Tensor):
+    """``wrap_triton(kernel)``: the launch torch.compile and fake tensors can trace.
+
+    Under the interpreter wrap_triton hands back the bare kernel, which would run on fake
+    tensors when the op's fake implementation (the same function) is traced; there the
+    launch is skipped, as the real wrapper does under fake tensors.
+    """
+    if INTERPRET and (sample.device.type == "meta"
+                      or torch._subclasses.fake_tensor.is_fake(sample)):
+        return _Skip()
+    return torch.library.wrap_triton(kernel)
+
+
+def channel_align(c_in: int, c_out: int, ins, outs) -> int:
+    """Largest power of two <= 16 dividing the active widths and every segment scalar: the
+    kernels receive those in units of it (a constexpr), so unit sizes that are multiples of
+    16 all share one compiled kernel and still get aligned, vectorised loads."""
+    align = 16
+    for v in (c_in, c_out, ins.s0, ins.l0, ins.s1, outs.s0, outs.l0, outs.s1):
+        while int(v) % align:
+            align //= 2
+    return align
+
+
+def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
+    """``tl.dot`` input precision: TF32 only for float32 when allowed, else IEEE."""
+    return "tf32" if dtype == torch.float32 and allow_tf32 else "ieee"
