@@ -3,7 +3,10 @@
 - ``reference``: slice the weight, dense conv (pure PyTorch; the correctness oracle).
 - ``masked``: dense conv of the full weight on a zero-scattered input (the speed baseline).
 - ``cpu``: the C++ kernel of dvn_kernels._C, on CPU tensors.
-- ``triton``, ``cuda``: GPU kernels (reserved; not built yet).
+- ``triton``: GPU kernels (reserved; not built yet).
+- ``cuda``: the CUDA kernels of dvn_kernels._C (implicit GEMM, tensor cores), on CUDA tensors of
+  float16, bfloat16, float32 (TF32 when torch.backends.cudnn.allow_tf32, else exact) or
+  float64; available when the extension was built with CUDA.
 - ``auto``: the fastest available for the input: ``cpu`` on CPU tensors of a supported dtype;
   otherwise ``reference``.
 """
@@ -20,6 +23,7 @@ from .reference import masked_conv2d, reference_conv2d
 
 BACKENDS = ("auto", "reference", "masked", "cpu", "triton", "cuda")
 CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+CUDA_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 class BackendUnavailableError(RuntimeError):
@@ -39,9 +43,25 @@ def _why_unavailable(name: str, device: torch.device, dtype: torch.dtype) -> Opt
         if dtype not in CPU_DTYPES:
             return f"it supports {', '.join(str(d) for d in CPU_DTYPES)}, got {dtype}"
         return None
-    if name in ("triton", "cuda"):
+    if name == "triton":
         return "its GPU kernels are not implemented yet (use 'reference' on GPUs for now)"
+    if name == "cuda":
+        return _why_cuda_unavailable(device, dtype)
     raise ValueError(f"backend: unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _why_cuda_unavailable(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    if not extension.LOADED:
+        return f"the C++ extension dvn_kernels._C did not load ({extension.LOAD_ERROR}); " \
+               "build it with `pip install -e . --no-build-isolation`"
+    if not extension.has_cuda_kernel():
+        why = extension.build_info().get("why_no_cuda", "unknown reason")
+        return f"the extension was built without its CUDA kernels ({why})"
+    if device.type != "cuda":
+        return f"it runs on CUDA tensors, got tensors on {device}"
+    if dtype not in CUDA_DTYPES:
+        return f"it supports {', '.join(str(d) for d in CUDA_DTYPES)}, got {dtype}"
+    return None
 
 
 def available_backends(device: torch.device | str = "cpu",
@@ -69,4 +89,5 @@ IMPLEMENTATIONS: dict[str, Callable] = {
     "reference": reference_conv2d,
     "masked": masked_conv2d,
     "cpu": native_conv2d,
+    "cuda": native_conv2d,
 }

@@ -28,6 +28,11 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"dvn_kernels::{op}", dispatch_key)
 
 
+def has_cuda_kernel() -> bool:
+    """True when the extension was built with its CUDA kernels (asks the dispatcher)."""
+    return has_kernel("sliced_conv2d", "CUDA") and has_kernel("sliced_conv2d_backward", "CUDA")
+
+
 def build_info() -> dict[str, Any]:
     """How the extension was built (written by setup.py) and whether it loaded."""
     path = os.path.join(os.path.dirname(__file__), "_build_info.json")
