@@ -105,28 +105,10 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
-// Copies one element; 16-bit types have no cp.async size, so they go through a register.
-template <typename T>
-__device__ __forceinline__ void copy_element(T* smem, const T* gmem) {
-  if constexpr (sizeof(T) >= 4) {
-    cp_async<int(sizeof(T))>(smem, gmem);
-  } else {
-    *smem = *gmem;
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ void zero_element(T* smem) {
-  if constexpr (sizeof(T) == 2) {
-    *reinterpret_cast<uint16_t*>(smem) = 0;
-  } else {
-    *smem = T(0);
-  }
-}
-
 // Loads an O x L tile into smem[o * ld + l]; src(o, l, &offset) says whether element (o, l) is
-// nonzero and where it is in `base`. With `vec`, runs of kVec elements along L are one copy
-// (all of a run share src's answer, conv_gemm.h).
+// nonzero and where it is in `base`. With `vec`, runs of kVec elements along L are one 16-byte
+// cp.async (all of a run share src's answer, conv_gemm.h); else one copy per element: a 4- or
+// 8-byte cp.async, or for 16-bit types a load through a register. Zeros are stored directly.
 template <typename T, int O, int L, int kVec, typename Src>
 __device__ __forceinline__ void load_tile(T* smem, int ld, const T* base, bool vec, Src src) {
   if (vec) {
@@ -144,7 +126,7 @@ __device__ __forceinline__ void load_tile(T* smem, int ld, const T* base, bool v
         *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
       }
     }
-  } else {
+  } else if constexpr (sizeof(T) >= 4) {
     static_assert((O * L) % kThreads == 0, "tile elements must divide among the threads");
 #pragma unroll 4
     for (int it = 0; it < O * L / kThreads; ++it) {
@@ -153,9 +135,30 @@ __device__ __forceinline__ void load_tile(T* smem, int ld, const T* base, bool v
       T* dst = smem + o * ld + l;
       int64_t off;
       if (src(o, l, &off)) {
-        copy_element(dst, base + off);
+        cp_async<int(sizeof(T))>(dst, base + off);
       } else {
-        zero_element(dst);
+        *dst = T(0);
+      }
+    }
+  } else {
+    // 16-bit elements have no cp.async size: loads go through registers, 8 issued before
+    // their stores so that their latencies overlap.
+    constexpr int kIters = (O * L) / kThreads, kBatch = 8;
+    static_assert((O * L) % (kThreads * kBatch) == 0, "tile elements must divide among the threads");
+    const uint16_t* bits = reinterpret_cast<const uint16_t*>(base);
+#pragma unroll 1
+    for (int first = 0; first < kIters; first += kBatch) {
+      uint16_t held[kBatch];
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        const int i = (first + j) * kThreads + int(threadIdx.x);
+        int64_t off;
+        held[j] = src(i / L, i % L, &off) ? bits[off] : uint16_t(0);
+      }
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        const int i = (first + j) * kThreads + int(threadIdx.x);
+        reinterpret_cast<uint16_t*>(smem)[(i / L) * ld + i % L] = held[j];
       }
     }
   }
