@@ -70,68 +70,133 @@ DVN_HD GemmShape gemm_shape(Pass pass, const Geometry& g) {
   }
 }
 
-// Element (m, kk) of A, as an element offset into its tensor; false where it is a zero (padding,
-// a stride hole of dgrad, or outside the GEMM). m and kk must be >= 0.
+// Each element address is split into a part fixed by the element's M (A) or N (B) index, which a
+// thread computes once per tile row/column it loads, and a part moving with the GEMM K index,
+// computed per K tile. `Fixed` holds the first; its fields mean what each pass says below.
+struct Fixed {
+  int64_t base = 0;
+  int32_t y = 0, x = 0;
+  bool valid = false;
+};
+
 template <Pass P>
-DVN_HD bool a_offset(const Geometry& g, int32_t m, int32_t kk, int64_t* off) {
+DVN_HD Fixed a_fixed(const Geometry& g, int32_t m) {
+  Fixed f;
   if constexpr (P == Pass::Fprop) {
-    // A = im2col(x): m = (n, p, q), kk = (r, s, c); x is NHWC with g.c channels.
-    if (m >= g.n * g.p * g.q || kk >= g.r * g.s * g.c) return false;
+    // m = output pixel (n, p, q): base = n, (y, x) = its window's top-left input pixel.
+    f.valid = m < g.n * g.p * g.q;
     const int32_t q = m % g.q, np = m / g.q, p = np % g.p, n = np / g.p;
+    f.base = n;
+    f.y = p * g.stride_h - g.pad_h;
+    f.x = q * g.stride_w - g.pad_w;
+  } else if constexpr (P == Pass::Dgrad) {
+    // m = input pixel (n, h, w): base = n, (y, x) = (h + pad_h, w + pad_w).
+    f.valid = m < g.n * g.h * g.w;
+    const int32_t w = m % g.w, nh = m / g.w, h = nh % g.h, n = nh / g.h;
+    f.base = n;
+    f.y = h + g.pad_h;
+    f.x = w + g.pad_w;
+  } else {
+    // m = output channel: base = m.
+    f.valid = m < g.k;
+    f.base = m;
+  }
+  return f;
+}
+
+// Element (m, kk) of A from a_fixed(m): its element offset into A's tensor; false where it is a
+// zero (padding, a stride hole of dgrad, or outside the GEMM). kk must be >= 0.
+template <Pass P>
+DVN_HD bool a_moving(const Geometry& g, const Fixed& f, int32_t kk, int64_t* off) {
+  if constexpr (P == Pass::Fprop) {
+    // A = im2col(x): kk = (r, s, c); x is NHWC with g.c channels.
+    if (!f.valid || kk >= g.r * g.s * g.c) return false;
     const int32_t c = kk % g.c, rs = kk / g.c, s = rs % g.s, r = rs / g.s;
-    const int32_t h = p * g.stride_h - g.pad_h + r * g.dil_h;
-    const int32_t w = q * g.stride_w - g.pad_w + s * g.dil_w;
+    const int32_t h = f.y + r * g.dil_h, w = f.x + s * g.dil_w;
     if (h < 0 || h >= g.h || w < 0 || w >= g.w) return false;
-    *off = ((int64_t(n) * g.h + h) * g.w + w) * g.c + c;
+    *off = ((f.base * g.h + h) * g.w + w) * g.c + c;
     return true;
   } else if constexpr (P == Pass::Dgrad) {
-    // A = grad_y gathered for input pixel m = (n, h, w), kk = (r, s, k): the output pixel
-    // (p, q) with p * stride - pad + r * dil == h, when it exists.
-    if (m >= g.n * g.h * g.w || kk >= g.r * g.s * g.k) return false;
-    const int32_t w = m % g.w, nh = m / g.w, h = nh % g.h, n = nh / g.h;
+    // A = grad_y gathered for the input pixel, kk = (r, s, k): the output pixel (p, q) with
+    // p * stride - pad + r * dil == h, when it exists.
+    if (!f.valid || kk >= g.r * g.s * g.k) return false;
     const int32_t k = kk % g.k, rs = kk / g.k, s = rs % g.s, r = rs / g.s;
-    const int32_t ph = h + g.pad_h - r * g.dil_h, pw = w + g.pad_w - s * g.dil_w;
+    const int32_t ph = f.y - r * g.dil_h, pw = f.x - s * g.dil_w;
     if (ph < 0 || pw < 0 || ph % g.stride_h != 0 || pw % g.stride_w != 0) return false;
     const int32_t p = ph / g.stride_h, q = pw / g.stride_w;
     if (p >= g.p || q >= g.q) return false;
-    *off = ((int64_t(n) * g.p + p) * g.q + q) * g.k + k;
+    *off = ((f.base * g.p + p) * g.q + q) * g.k + k;
     return true;
   } else {
-    // A = grad_y^T: m = output channel k, kk = output pixel (n, p, q); grad_y is NPQK.
-    if (m >= g.k || kk >= g.n * g.p * g.q) return false;
-    *off = int64_t(kk) * g.k + m;
+    // A = grad_y^T: kk = output pixel (n, p, q); grad_y is NPQK.
+    if (!f.valid || kk >= g.n * g.p * g.q) return false;
+    *off = int64_t(kk) * g.k + f.base;
     return true;
   }
 }
 
-// Element (kk, n) of B, as an element offset into the weight (fprop, dgrad: through wv) or
-// into x (wgrad); false where it is a zero.
+template <Pass P>
+DVN_HD Fixed b_fixed(const Geometry& g, const WeightView& wv, int32_t n) {
+  Fixed f;
+  if constexpr (P == Pass::Fprop) {
+    // n = output channel: base = its weight row.
+    f.valid = n < g.k;
+    if (f.valid) f.base = int64_t(seg_phys(wv.out, n)) * wv.stride[0];
+  } else if constexpr (P == Pass::Dgrad) {
+    // n = input channel: base = its weight column.
+    f.valid = n < g.c;
+    if (f.valid) f.base = int64_t(seg_phys(wv.in, n)) * wv.stride[1];
+  } else {
+    // n = (r, s, c): base = c, (y, x) = the tap's offset from a window's top-left pixel.
+    f.valid = n < g.r * g.s * g.c;
+    const int32_t c = n % g.c, rs = n / g.c, s = rs % g.s, r = rs / g.s;
+    f.base = c;
+    f.y = r * g.dil_h - g.pad_h;
+    f.x = s * g.dil_w - g.pad_w;
+  }
+  return f;
+}
+
+// Element (kk, n) of B from b_fixed(n): its element offset into the weight (fprop, dgrad) or x
+// (wgrad); false where it is a zero.
+template <Pass P>
+DVN_HD bool b_moving(const Geometry& g, const WeightView& wv, const Fixed& f, int32_t kk,
+                     int64_t* off) {
+  if constexpr (P == Pass::Fprop) {
+    // kk = (r, s, c).
+    if (!f.valid || kk >= g.r * g.s * g.c) return false;
+    const int32_t c = kk % g.c, rs = kk / g.c, s = rs % g.s, r = rs / g.s;
+    *off = f.base + int64_t(seg_phys(wv.in, c)) * wv.stride[1] + int64_t(r) * wv.stride[2] +
+           int64_t(s) * wv.stride[3];
+    return true;
+  } else if constexpr (P == Pass::Dgrad) {
+    // kk = (r, s, k).
+    if (!f.valid || kk >= g.r * g.s * g.k) return false;
+    const int32_t k = kk % g.k, rs = kk / g.k, s = rs % g.s, r = rs / g.s;
+    *off = f.base + int64_t(seg_phys(wv.out, k)) * wv.stride[0] + int64_t(r) * wv.stride[2] +
+           int64_t(s) * wv.stride[3];
+    return true;
+  } else {
+    // B = im2col(x)^T: kk = output pixel (n, p, q).
+    if (!f.valid || kk >= g.n * g.p * g.q) return false;
+    const int32_t q = kk % g.q, np = kk / g.q, p = np % g.p, b = np / g.p;
+    const int32_t h = p * g.stride_h + f.y, w = q * g.stride_w + f.x;
+    if (h < 0 || h >= g.h || w < 0 || w >= g.w) return false;
+    *off = ((int64_t(b) * g.h + h) * g.w + w) * g.c + f.base;
+    return true;
+  }
+}
+
+// Element (m, kk) of A and (kk, n) of B in one call (the element-wise loads and the tests).
+template <Pass P>
+DVN_HD bool a_offset(const Geometry& g, int32_t m, int32_t kk, int64_t* off) {
+  return a_moving<P>(g, a_fixed<P>(g, m), kk, off);
+}
+
 template <Pass P>
 DVN_HD bool b_offset(const Geometry& g, const WeightView& wv, int32_t kk, int32_t n,
                      int64_t* off) {
-  if constexpr (P == Pass::Fprop) {
-    // kk = (r, s, c), n = output channel.
-    if (n >= g.k || kk >= g.r * g.s * g.c) return false;
-    const int32_t c = kk % g.c, rs = kk / g.c, s = rs % g.s, r = rs / g.s;
-    *off = weight_offset(wv, n, c, r, s);
-    return true;
-  } else if constexpr (P == Pass::Dgrad) {
-    // kk = (r, s, k), n = input channel c.
-    if (n >= g.c || kk >= g.r * g.s * g.k) return false;
-    const int32_t k = kk % g.k, rs = kk / g.k, s = rs % g.s, r = rs / g.s;
-    *off = weight_offset(wv, k, n, r, s);
-    return true;
-  } else {
-    // B = im2col(x)^T: kk = output pixel (n, p, q), n = (r, s, c).
-    if (kk >= g.n * g.p * g.q || n >= g.r * g.s * g.c) return false;
-    const int32_t q = kk % g.q, np = kk / g.q, p = np % g.p, b = np / g.p;
-    const int32_t c = n % g.c, rs = n / g.c, s = rs % g.s, r = rs / g.s;
-    const int32_t h = p * g.stride_h - g.pad_h + r * g.dil_h;
-    const int32_t w = q * g.stride_w - g.pad_w + s * g.dil_w;
-    if (h < 0 || h >= g.h || w < 0 || w >= g.w) return false;
-    *off = ((int64_t(b) * g.h + h) * g.w + w) * g.c + c;
-    return true;
-  }
+  return b_moving<P>(g, wv, b_fixed<P>(g, wv, n), kk, off);
 }
 
 // Element offset of D[m][n] in the compact NHWC output (fprop: y, dgrad: grad_x); wgrad writes

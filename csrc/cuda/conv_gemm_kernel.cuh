@@ -105,22 +105,32 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
-// Loads an O x L tile into smem[o * ld + l]; src(o, l, &offset) says whether element (o, l) is
-// nonzero and where it is in `base`. With `vec`, runs of kVec elements along L are one 16-byte
-// cp.async (all of a run share src's answer, conv_gemm.h); else one copy per element: a 4- or
-// 8-byte cp.async, or for 16-bit types a load through a register. Zeros are stored directly.
-template <typename T, int O, int L, int kVec, typename Src>
-__device__ __forceinline__ void load_tile(T* smem, int ld, const T* base, bool vec, Src src) {
+// The run (o, l) that this thread copies in iteration `it` of a vector load of an O x L tile.
+template <int L, int kVec>
+__device__ __forceinline__ void vector_run(int it, int* o, int* l) {
+  constexpr int kRuns = L / kVec;
+  const int i = it * kThreads + int(threadIdx.x);
+  *o = i / kRuns;
+  *l = (i % kRuns) * kVec;
+}
+
+// Loads an O x L tile into smem[o * ld + l]. With `vec`, runs of kVec elements along L are one
+// 16-byte cp.async each: vsrc(it, o, l, &offset) says whether the run this thread copies in
+// iteration `it` is nonzero and where it is in `base` (all of a run share the answer,
+// conv_gemm.h). Otherwise one copy per element, src(o, l, &offset): a 4- or 8-byte cp.async,
+// or for 16-bit types a load through a register. Zeros are stored directly.
+template <typename T, int O, int L, int kVec, typename VSrc, typename Src>
+__device__ __forceinline__ void load_tile(T* smem, int ld, const T* base, bool vec, VSrc vsrc,
+                                          Src src) {
   if (vec) {
-    constexpr int kRuns = L / kVec;
-    static_assert((O * kRuns) % kThreads == 0, "tile runs must divide among the threads");
+    static_assert((O * (L / kVec)) % kThreads == 0, "tile runs must divide among the threads");
 #pragma unroll
-    for (int it = 0; it < O * kRuns / kThreads; ++it) {
-      const int i = it * kThreads + int(threadIdx.x);
-      const int o = i / kRuns, l = (i % kRuns) * kVec;
+    for (int it = 0; it < O * (L / kVec) / kThreads; ++it) {
+      int o, l;
+      vector_run<L, kVec>(it, &o, &l);
       T* dst = smem + o * ld + l;
       int64_t off;
-      if (src(o, l, &off)) {
+      if (vsrc(it, o, l, &off)) {
         cp_async<16>(dst, base + off);
       } else {
         *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
@@ -188,32 +198,76 @@ __global__ void __launch_bounds__(kThreads) conv_gemm_kernel(const ConvGemmParam
   }
   const int num_tiles = kt_last > kt_first ? int(kt_last - kt_first) : 0;
 
+  // The M (A) and N (B) parts of the addresses of the runs this thread copies with vector loads,
+  // the same for every K tile (conv_gemm.h: a_fixed, b_fixed); recomputed per tile for float64,
+  // whose register tile leaves no room to hold them.
+  constexpr bool kHold = sizeof(T) <= 4;
+  constexpr int kRunsA = kHold ? BM * BK / Tl::kVec / kThreads : 1;
+  constexpr int kRunsB = kHold ? BN * BK / Tl::kVec / kThreads : 1;
+  Fixed fixed_a[kRunsA], fixed_b[kRunsB];
+  if (kHold && p.vec_a) {
+#pragma unroll
+    for (int it = 0; it < kRunsA; ++it) {
+      int o, l;
+      if constexpr (Tl::kATransposed) {
+        vector_run<BM, Tl::kVec>(it, &o, &l);
+        fixed_a[it] = a_fixed<P>(g, m0 + l);
+      } else {
+        vector_run<BK, Tl::kVec>(it, &o, &l);
+        fixed_a[it] = a_fixed<P>(g, m0 + o);
+      }
+    }
+  }
+  if (kHold && p.vec_b) {
+#pragma unroll
+    for (int it = 0; it < kRunsB; ++it) {
+      int o, l;
+      if constexpr (Tl::kBTransposed) {
+        vector_run<BN, Tl::kVec>(it, &o, &l);
+        fixed_b[it] = b_fixed<P>(g, p.w, n0 + l);
+      } else {
+        vector_run<BK, Tl::kVec>(it, &o, &l);
+        fixed_b[it] = b_fixed<P>(g, p.w, n0 + o);
+      }
+    }
+  }
+
   // Issues the copies of K tile `kt` (absolute index) into pipeline stage `stage`.
   auto load_stage = [&](int stage, int64_t kt) {
     const int32_t k0 = int32_t(kt * BK);
     T* sa = smem_a + stage * Tl::kStageA;
     T* sb = smem_b + stage * Tl::kStageB;
-    if constexpr (Tl::kATransposed) {
-      load_tile<T, BK, BM, Tl::kVec>(sa, Tl::kLdA, a_base, p.vec_a,
-                                     [&](int o, int l, int64_t* off) {
-                                       return a_offset<P>(g, m0 + l, k0 + o, off);
-                                     });
-    } else {
-      load_tile<T, BM, BK, Tl::kVec>(sa, Tl::kLdA, a_base, p.vec_a,
-                                     [&](int o, int l, int64_t* off) {
-                                       return a_offset<P>(g, m0 + o, k0 + l, off);
-                                     });
+    if constexpr (Tl::kATransposed) {  // [BK][BM]: o = kk, l = m
+      load_tile<T, BK, BM, Tl::kVec>(
+          sa, Tl::kLdA, a_base, p.vec_a,
+          [&](int it, int o, int l, int64_t* off) {
+            return a_moving<P>(g, kHold ? fixed_a[it] : a_fixed<P>(g, m0 + l), k0 + o, off);
+          },
+          [&](int o, int l, int64_t* off) { return a_offset<P>(g, m0 + l, k0 + o, off); });
+    } else {  // [BM][BK]: o = m, l = kk
+      load_tile<T, BM, BK, Tl::kVec>(
+          sa, Tl::kLdA, a_base, p.vec_a,
+          [&](int it, int o, int l, int64_t* off) {
+            return a_moving<P>(g, kHold ? fixed_a[it] : a_fixed<P>(g, m0 + o), k0 + l, off);
+          },
+          [&](int o, int l, int64_t* off) { return a_offset<P>(g, m0 + o, k0 + l, off); });
     }
-    if constexpr (Tl::kBTransposed) {
-      load_tile<T, BK, BN, Tl::kVec>(sb, Tl::kLdB, b_base, p.vec_b,
-                                     [&](int o, int l, int64_t* off) {
-                                       return b_offset<P>(g, p.w, k0 + o, n0 + l, off);
-                                     });
-    } else {
-      load_tile<T, BN, BK, Tl::kVec>(sb, Tl::kLdB, b_base, p.vec_b,
-                                     [&](int o, int l, int64_t* off) {
-                                       return b_offset<P>(g, p.w, k0 + l, n0 + o, off);
-                                     });
+    if constexpr (Tl::kBTransposed) {  // [BK][BN]: o = kk, l = n
+      load_tile<T, BK, BN, Tl::kVec>(
+          sb, Tl::kLdB, b_base, p.vec_b,
+          [&](int it, int o, int l, int64_t* off) {
+            return b_moving<P>(g, p.w, kHold ? fixed_b[it] : b_fixed<P>(g, p.w, n0 + l), k0 + o,
+                               off);
+          },
+          [&](int o, int l, int64_t* off) { return b_offset<P>(g, p.w, k0 + o, n0 + l, off); });
+    } else {  // [BN][BK]: o = n, l = kk
+      load_tile<T, BN, BK, Tl::kVec>(
+          sb, Tl::kLdB, b_base, p.vec_b,
+          [&](int it, int o, int l, int64_t* off) {
+            return b_moving<P>(g, p.w, kHold ? fixed_b[it] : b_fixed<P>(g, p.w, n0 + o), k0 + l,
+                               off);
+          },
+          [&](int o, int l, int64_t* off) { return b_offset<P>(g, p.w, k0 + l, n0 + o, off); });
     }
   };
 
