@@ -1,7 +1,8 @@
 """The CUDA kernels of dvn_kernels._C (backend 'cuda').
 
-On a CPU machine: the kernels' index math runs as a host program (csrc/tests), the build has
-registered the CUDA kernels for both ops, and the .cu sources stay free of torch headers. On a
+On a CPU machine: the kernels' index math runs as a host program, the kernels' own code runs on
+CPU threads through a CUDA shim (both in csrc/tests), the build has registered the CUDA kernels
+for both ops, and the .cu sources stay free of torch headers. On a
 GPU: every pass against the float64 oracle over random shapes, strides, paddings, dilations,
 segments, layouts and dtypes, with every output poisoned (NaN) before the kernels run so that
 elements no kernel wrote show up.
@@ -50,6 +51,23 @@ def test_index_math_host_program(tmp_path):
     result = subprocess.run([str(exe), "400"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "index tests passed" in result.stdout
+
+
+def test_kernels_emulated_on_the_cpu(tmp_path):
+    """The kernels' own code (conv_gemm_kernel.cuh) on CPU threads through csrc/tests'
+    CUDA shim: every pass, tensor-core and FMA paths, vector and element loads, split-K."""
+    cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    exe = tmp_path / "test_conv_gemm_emulated"
+    build = subprocess.run([cxx, "-std=c++17", "-O2", "-pthread", "-Wall", "-Wno-unknown-pragmas",
+                            "-Werror", "-DDVN_EMULATE_CUDA", "-I", os.path.join(ROOT, "csrc"),
+                            os.path.join(ROOT, "csrc", "tests", "test_conv_gemm_emulated.cpp"),
+                            "-o", str(exe)], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    result = subprocess.run([str(exe), "8"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "emulated CUDA kernels passed" in result.stdout
 
 
 @requires_cuda_build

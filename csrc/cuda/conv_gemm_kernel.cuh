@@ -3,9 +3,10 @@
 // One CTA of 128 threads (4 warps, 2 x 2) computes a 128 x 64 tile of D = A * B. K is walked
 // in tiles of 32 (16 for float64) through a 3-stage shared-memory pipeline filled with cp.async:
 // 16-byte vector copies where the operand allows (conv_gemm.h), else element copies (4/8-byte
-// cp.async, or a plain load + store for 16-bit types). Each operand keeps in shared memory the
-// orientation it has in global memory (its contiguous dimension innermost) and WMMA reads it
-// with the matching row/col-major fragment layout:
+// cp.async, or for 16-bit types loads through registers, 8 in flight). The M/N-dependent part of
+// each vector copy's address is computed once per thread (a_fixed/b_fixed), only the K part per
+// tile. Each operand keeps in shared memory the orientation it has in global memory (its
+// contiguous dimension innermost) and WMMA reads it with the matching row/col-major layout:
 //
 //   pass   A tile (smem)           B tile (smem)
 //   fprop  [BM][BK] row-major      [BN][BK] col-major   (weight: runs over input channels)
@@ -18,10 +19,16 @@
 // memory to a per-element epilogue (bias, conversion, NHWC store or the wgrad workspace).
 #pragma once
 
+#if defined(DVN_EMULATE_CUDA)
+// The kernels run on the CPU for csrc/tests/test_conv_gemm_emulated.cpp: threads, barriers,
+// WMMA and cp.async come from its shim (csrc/tests/cuda_emulation.h); no launchers.
+#include "tests/cuda_emulation.h"
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
+#endif
 
 #include <atomic>
 #include <cstdint>
@@ -91,6 +98,9 @@ struct Tiles {
 // --- cp.async ---------------------------------------------------------------------------------
 template <int kBytes>
 __device__ __forceinline__ void cp_async(void* smem, const void* gmem) {
+#if defined(DVN_EMULATE_CUDA)
+  emulation::copy_async(smem, gmem, kBytes);
+#else
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   if constexpr (kBytes == 16) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
@@ -98,11 +108,22 @@ __device__ __forceinline__ void cp_async(void* smem, const void* gmem) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(gmem),
                  "n"(kBytes));
   }
+#endif
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(DVN_EMULATE_CUDA)
+  emulation::commit_group();
+#else
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
+#if defined(DVN_EMULATE_CUDA)
+  emulation::wait_group(kPending);
+#else
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+#endif
 }
 
 // The run (o, l) that this thread copies in iteration `it` of a vector load of an O x L tile.
@@ -427,6 +448,7 @@ __global__ void __launch_bounds__(256) wgrad_reduce_kernel(const ConvGemmParams 
   }
 }
 
+#if !defined(DVN_EMULATE_CUDA)
 // --- Launch -----------------------------------------------------------------------------------
 // Opts the kernel into more than 48 KiB of dynamic shared memory, once per device.
 template <typename T, Pass P, bool kTensorCores>
@@ -480,6 +502,8 @@ cudaError_t dispatch(const ConvGemmParams& p, DType t, Math math, cudaStream_t s
   }
   return cudaErrorInvalidValue;
 }
+
+#endif  // !DVN_EMULATE_CUDA
 
 }  // namespace detail
 }  // namespace dvn::cuda

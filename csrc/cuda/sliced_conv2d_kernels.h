@@ -4,7 +4,9 @@
 // cudaSuccess; the kernels run asynchronously on `stream`.
 #pragma once
 
+#if !defined(DVN_EMULATE_CUDA)
 #include <cuda_runtime_api.h>
+#endif
 
 #include <cstdint>
 
