@@ -105,6 +105,16 @@ def test_cuda_sources_are_torch_free():
         assert not bad, f"{name} includes {bad}"
 
 
+def test_memcheck_script_is_ready():
+    """scripts/cuda-memcheck (run by the GPU script) is executable and its Python case compiles."""
+    path = os.path.join(ROOT, "scripts", "cuda-memcheck")
+    assert os.access(path, os.X_OK)
+    text = open(path).read()
+    case = text.split("<<'PY'", 1)[1].split("\nPY\n", 1)[0]
+    compile(case, "cuda-memcheck", "exec")
+    assert subprocess.run(["bash", "-n", path]).returncode == 0
+
+
 # --- GPU checks -------------------------------------------------------------------------------
 
 def _random_segments(rng: random.Random, full: int, unit: int) -> ChannelSegments:
@@ -151,7 +161,7 @@ def _oracle(x, weight, bias, ins, outs, conv):
 
 # Error relative to the largest magnitude of the float64 result: TF32 and the 16-bit formats
 # round their inputs (10-, 10- and 7-bit mantissas) and accumulate in float32.
-REL_TOL = {"float64": 1e-12, "float32": 1e-5, "tf32": 4e-3, "float16": 4e-3, "bfloat16": 3e-2}
+REL_TOL = {"float64": 1e-12, "float32": 3e-5, "tf32": 4e-3, "float16": 4e-3, "bfloat16": 3e-2}
 
 
 def _assert_close(got: torch.Tensor, want: torch.Tensor, precision: str, what: str):
