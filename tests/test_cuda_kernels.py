@@ -110,7 +110,7 @@ def test_memcheck_script_is_ready():
     path = os.path.join(ROOT, "scripts", "cuda-memcheck")
     assert os.access(path, os.X_OK)
     text = open(path).read()
-    case = text.split("<<'PY'", 1)[1].split("\nPY\n", 1)[0]
+    case = text.split("<<'PY'", 1)[1].split("\n", 1)[1].split("\nPY\n", 1)[0]
     compile(case, "cuda-memcheck", "exec")
     assert subprocess.run(["bash", "-n", path]).returncode == 0
 
