@@ -53,21 +53,40 @@ def test_index_math_host_program(tmp_path):
     assert "index tests passed" in result.stdout
 
 
-def test_kernels_emulated_on_the_cpu(tmp_path):
-    """The kernels' own code (conv_gemm_kernel.cuh) on CPU threads through csrc/tests'
-    CUDA shim: every pass, tensor-core and FMA paths, vector and element loads, split-K."""
+def _build_emulation(tmp_path, *flags: str):
     cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
     if cxx is None:
         pytest.skip("no C++ compiler")
     exe = tmp_path / "test_conv_gemm_emulated"
-    build = subprocess.run([cxx, "-std=c++17", "-O2", "-pthread", "-Wall", "-Wno-unknown-pragmas",
-                            "-Werror", "-DDVN_EMULATE_CUDA", "-I", os.path.join(ROOT, "csrc"),
+    build = subprocess.run([cxx, "-std=c++17", "-pthread", "-Wall", "-Wno-unknown-pragmas",
+                            "-Werror", "-DDVN_EMULATE_CUDA", *flags, "-I",
+                            os.path.join(ROOT, "csrc"),
                             os.path.join(ROOT, "csrc", "tests", "test_conv_gemm_emulated.cpp"),
                             "-o", str(exe)], capture_output=True, text=True, timeout=600)
+    return exe, build
+
+
+def test_kernels_emulated_on_the_cpu(tmp_path):
+    """The kernels' own code (conv_gemm_kernel.cuh) on CPU threads through csrc/tests'
+    CUDA shim: every pass, tensor-core and FMA paths, vector and element loads, split-K."""
+    exe, build = _build_emulation(tmp_path, "-O2")
     assert build.returncode == 0, build.stderr[-3000:]
     result = subprocess.run([str(exe), "8"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "emulated CUDA kernels passed" in result.stdout
+
+
+@pytest.mark.slow
+def test_kernels_emulated_under_thread_sanitizer(tmp_path):
+    """The same under ThreadSanitizer: a missing __syncthreads shows as a data race."""
+    exe, build = _build_emulation(tmp_path, "-O1", "-g", "-fsanitize=thread")
+    if build.returncode != 0 and "sanitize" in build.stderr:
+        pytest.skip("the C++ compiler has no ThreadSanitizer")
+    assert build.returncode == 0, build.stderr[-3000:]
+    result = subprocess.run([str(exe), "2"], capture_output=True, text=True, timeout=600)
+    if "FATAL: ThreadSanitizer" in result.stderr:  # e.g. an unsupported memory layout (ASLR)
+        pytest.skip(result.stderr.strip().splitlines()[0])
+    assert result.returncode == 0 and "ThreadSanitizer" not in result.stderr, result.stderr[-3000:]
 
 
 @requires_cuda_build

@@ -2,11 +2,13 @@
 // csrc/tests/test_conv_gemm_emulated.cpp runs the kernels' own code on the host: one std::thread
 // per CUDA thread and a barrier for __syncthreads; cp.async copies land either at once or
 // only at cp.async.wait_group (the two extremes the hardware may choose); WMMA fragments hold
-// their whole tile in every thread and check the alignment rules of load/store_matrix_sync.
+// their whole tile in every thread (lane 0 stores it) and check the alignment rules of
+// load/store_matrix_sync. Built with -fsanitize=thread it finds missing __syncthreads.
 // bfloat16 is emulated exactly (round to nearest even); float16 is declared but not emulated.
 #pragma once
 
 #include <cmath>
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -86,7 +88,7 @@ class Barrier {
 
 inline Barrier* block_barrier = nullptr;
 inline bool copies_land_at_once = false;
-inline int failures = 0;  // alignment rules broken (counted, reported by the test)
+inline std::atomic<int> failures{0};  // alignment rules broken (reported by the test)
 
 struct Copy {
   void* dst;
@@ -189,6 +191,7 @@ template <int M, int N, int K>
 inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f,
                               unsigned ldm, layout_t layout) {
   check_alignment(p, ldm);
+  if (threadIdx.x % 32 != 0) return;  // a warp-collective store: one lane writes the tile
   for (int i = 0; i < M; ++i)
     for (int j = 0; j < N; ++j)
       (layout == mem_row_major ? p[i * ldm + j] : p[i + j * ldm]) = f.x[i * N + j];

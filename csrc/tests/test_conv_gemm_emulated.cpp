@@ -289,7 +289,7 @@ int main(int argc, char** argv) {
     }
   }
   expect(emulation::failures == 0,
-         std::to_string(emulation::failures) + " misaligned cp.async or WMMA accesses");
+         std::to_string(emulation::failures.load()) + " misaligned cp.async or WMMA accesses");
   expect(vector_passes > 0 && vector_passes < passes && split_passes > 0,
          "the cases must cover vector and element loads, and split-K");
   if (failures == 0) {
