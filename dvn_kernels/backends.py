@@ -6,9 +6,12 @@
 - ``triton``: the Triton kernels of dvn_kernels.triton, on CUDA tensors (float32, bfloat16,
   float16), or on CPU tensors under ``TRITON_INTERPRET=1`` (float32 and float16 only: the
   interpreter computes bfloat16 wrongly).
-- ``cuda``: CUDA kernels (reserved; not built yet).
-- ``auto``: the fastest available for the input: ``cpu`` on CPU tensors of a supported dtype;
-  ``triton`` on CUDA tensors of a supported dtype; otherwise ``reference``.
+- ``cuda``: the CUDA kernels of dvn_kernels._C (implicit GEMM, tensor cores), on CUDA tensors of
+  float16, bfloat16, float32 (TF32 when torch.backends.cudnn.allow_tf32, else exact) or
+  float64; available when the extension was built with CUDA.
+- ``auto``: ``cpu`` on CPU tensors of a supported dtype; on CUDA tensors ``triton``, then
+  ``cuda`` (float64), then ``reference``. The GPU order is provisional until bench.gpu has
+  measured both kernels on a GPU.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 TRITON_INTERPRETER_DTYPES = (torch.float32, torch.float16)
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # located, not imported
+CUDA_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 class BackendUnavailableError(RuntimeError):
@@ -51,7 +55,7 @@ def _why_unavailable(name: str, device: torch.device, dtype: torch.dtype) -> Opt
     if name == "triton":
         return _why_triton_unavailable(device, dtype)
     if name == "cuda":
-        return "its GPU kernels are not implemented yet (use 'reference' on GPUs for now)"
+        return _why_cuda_unavailable(device, dtype)
     raise ValueError(f"backend: unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
@@ -80,6 +84,20 @@ def _triton_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     return triton_conv2d(x, weight, bias, args)
 
 
+def _why_cuda_unavailable(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    if not extension.LOADED:
+        return f"the C++ extension dvn_kernels._C did not load ({extension.LOAD_ERROR}); " \
+               "build it with `pip install -e . --no-build-isolation`"
+    if not extension.has_cuda_kernel():
+        why = extension.build_info().get("why_no_cuda", "unknown reason")
+        return f"the extension was built without its CUDA kernels ({why})"
+    if device.type != "cuda":
+        return f"it runs on CUDA tensors, got tensors on {device}"
+    if dtype not in CUDA_DTYPES:
+        return f"it supports {', '.join(str(d) for d in CUDA_DTYPES)}, got {dtype}"
+    return None
+
+
 def available_backends(device: torch.device | str = "cpu",
                        dtype: torch.dtype = torch.float32) -> list[str]:
     """Backends (not 'auto') that can run on tensors of this device and dtype."""
@@ -94,8 +112,10 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     if backend == "auto":
         if _why_unavailable("cpu", x.device, x.dtype) is None:
             return "cpu"
-        if x.device.type == "cuda" and _why_unavailable("triton", x.device, x.dtype) is None:
-            return "triton"
+        if x.device.type == "cuda":
+            for name in ("triton", "cuda"):
+                if _why_unavailable(name, x.device, x.dtype) is None:
+                    return name
         return "reference"
     why = _why_unavailable(backend, x.device, x.dtype)
     if why is not None:
@@ -108,4 +128,5 @@ IMPLEMENTATIONS: dict[str, Callable] = {
     "masked": masked_conv2d,
     "cpu": native_conv2d,
     "triton": _triton_conv2d,
+    "cuda": native_conv2d,
 }

@@ -6,6 +6,7 @@ raise BackendUnavailableError saying why the extension is missing.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Optional
@@ -26,6 +27,13 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
     if not LOADED:
         return False
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"dvn_kernels::{op}", dispatch_key)
+
+
+@functools.lru_cache(maxsize=None)
+def has_cuda_kernel() -> bool:
+    """True when the extension was built with its CUDA kernels (asks the dispatcher, once:
+    the kernels register when _C is imported)."""
+    return has_kernel("sliced_conv2d", "CUDA") and has_kernel("sliced_conv2d_backward", "CUDA")
 
 
 def build_info() -> dict[str, Any]:

@@ -155,6 +155,17 @@ def test_auto_picks_the_cpu_kernel_on_cpu():
     assert dvn_kernels.resolve_backend("masked", x) == "masked"
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_auto_picks_a_gpu_kernel_on_cuda(dtype):
+    x = torch.randn(1, 2, 4, 4, device="cuda", dtype=dtype)
+    usable = dvn_kernels.available_backends("cuda", dtype)
+    expected = next((b for b in ("triton", "cuda") if b in usable), "reference")
+    assert dvn_kernels.resolve_backend("auto", x) == expected
+    if dtype != torch.float64:
+        assert expected == "triton", usable
+
+
 def test_inference_mode():
     p = make_problem(*SEGMENT_LAYOUTS["two"], requires_grad=False)
     with torch.inference_mode():
