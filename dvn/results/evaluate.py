@@ -1,0 +1,128 @@
+"""Evaluation of a trained run per (task, level): parameters, density, accuracy and measured
+latency (batch 1 and a batch) of the sliced model, its full level and its masked twin."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .. import backbones
+from ..export import count_parameters
+from ..training.data import make_loader, task_splits
+from ..training.trainer import (TrainConfig, checkpoint_path, load_payload, resolve_device,
+                                trained_configs)
+
+
+def accuracy(model: nn.Module, loader: Iterable, task: int, level: int,
+             device: torch.device, backend: Optional[str] = None) -> float:
+    """Top-1 accuracy (%) of ``model`` at (task, level) over ``loader``, in eval mode."""
+    model.eval()
+    correct = seen = 0
+    with torch.no_grad():
+        for x, y in loader:
+            logits = model(x.to(device), task=task, level=level, backend=backend)
+            correct += int((logits.argmax(1).cpu() == y).sum())
+            seen += len(y)
+    return 100.0 * correct / max(seen, 1)
+
+
+def latency(fn: Callable[[], object], *, repeats: int, warmup: int = 2,
+            device: torch.device = torch.device("cpu")) -> float:
+    """Median wall time (s) of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def machine(device: torch.device) -> str:
+    """The CPU model name or GPU name, for results files."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_run(run: str, device: torch.device) -> tuple[nn.Module, TrainConfig, dict]:
+    payload = load_payload(checkpoint_path(run))
+    model = backbones.build(payload["spec"])
+    model.load_state_dict(payload["state_dict"])
+    config = TrainConfig.from_dict(payload["extra"]["train"]["config"])
+    return model.to(device).eval(), config, payload
+
+
+def evaluate(run: str, *, device: str = "auto", backend: Optional[str] = None,
+             test_subset: Optional[int] = None, batch_size: int = 256, latency_batch: int = 64,
+             repeats: int = 10, measure_latency: bool = True, data_root: Optional[str] = None,
+             progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Evaluates every (task, level) the run trained (all of a DVN, one for an independent
+    network) on its tasks' test splits. Returns a plain dict (rows plus run metadata)."""
+    dev = resolve_device(device)
+    model, config, payload = load_run(run, dev)
+    s = config.scenario
+    train_state = payload["extra"]["train"]
+    configs = trained_configs(payload)
+    subset = test_subset if test_subset is not None else s.test_subset
+    splits = task_splits(s, "test", root=data_root or config.data_root, subset=subset,
+                         seed=config.seed, tasks=sorted({j for j, _ in configs}))
+    backend = backend or config.backend
+    top = s.units
+    rows = []
+    for task, level in configs:
+        if progress:
+            progress(f"task {task} level {level}")
+        loader = make_loader(splits[task], s, task, train=False, batch_size=batch_size, seed=0)
+        params = count_parameters(model, task, level)
+        row = {"task": task, "task_name": s.tasks[task - 1], "level": level,
+               "parameters": params,
+               "density": params / count_parameters(model, task, top),
+               "accuracy": accuracy(model, loader, task, level, dev, backend),
+               "test_images": len(splits[task])}
+        if measure_latency:
+            size, ch = s.input_sizes[task - 1], s.channels[task - 1]
+            for b in (1, latency_batch):
+                x = torch.randn(b, ch, size, size, device=dev)
+                with torch.no_grad():
+                    reps = repeats if b == 1 else max(3, repeats // 3)
+                    row[f"latency_ms_b{b}"] = 1e3 * latency(
+                        lambda: model(x, task=task, level=level, backend=backend),
+                        repeats=reps, device=dev)
+                    row[f"masked_ms_b{b}"] = 1e3 * latency(
+                        lambda: model(x, task=task, level=level, backend="masked"),
+                        repeats=reps, device=dev)
+        rows.append(row)
+    if measure_latency:
+        for row in rows:
+            full = next((r for r in rows if r["task"] == row["task"] and r["level"] == top), None)
+            for b in (1, latency_batch):
+                lat = row[f"latency_ms_b{b}"]
+                row[f"speedup_vs_full_b{b}"] = full[f"latency_ms_b{b}"] / lat if full else None
+                row[f"speedup_vs_masked_b{b}"] = row[f"masked_ms_b{b}"] / lat
+    return {"run": run, "scenario": s.name, "kind": s.kind, "preset": config.preset,
+            "description": s.description, "tasks": list(s.tasks), "units": s.units,
+            "backbone": f"{s.arch}-{s.depth}" + (f"-{s.width}" if s.arch == "wrn" else ""),
+            "independent": bool(config.only), "configs": [list(c) for c in configs],
+            "epochs": train_state["epoch"], "complete": train_state.get("complete", False),
+            "train_seconds": sum(h["seconds"] for h in train_state["history"]),
+            "seed": config.seed, "backend": backend, "device": str(dev),
+            "machine": machine(dev), "latency_batch": latency_batch if measure_latency else None,
+            "torch": torch.__version__, "rows": rows}

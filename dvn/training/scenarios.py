@@ -1,0 +1,127 @@
+"""Scenarios (the paper's J1, J2, J3, H1, S1, S2 and the Fashion-MNIST analogues) and presets.
+
+A scenario fixes the tasks, the objective, the backbone, k and the schedule (SGD with Nesterov
+momentum 0.9, lr 0.1 decayed 10x at 50% and 75% of training, weight decay 1e-4, batch 128: the
+paper's choices, with [DEN]'s code for what the paper leaves out). A preset scales a scenario
+to a machine: ``full`` is the scenario as defined, ``small`` finishes on a 2-core CPU in about
+5 minutes, ``tiny`` is for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+KINDS = ("joint", "hierarchical", "sequential")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One experiment: ``tasks`` are dvn.data task names, task j = ``tasks[j - 1]``.
+
+    kind: ``joint`` (one mini-batch per task, Eq. 4), ``hierarchical`` (the same images with
+    coarse and fine labels; tasks[0] coarse, tasks[1] fine) or ``sequential`` (tasks[:-1] old,
+    learned beforehand by a teacher; tasks[-1] new, Eq. 6).
+    """
+
+    name: str
+    kind: str
+    tasks: tuple[str, ...]
+    arch: str = "wrn"
+    depth: int = 32
+    width: int = 4
+    units: int = 2
+    input_sizes: tuple[int, ...] = (32,)
+    channels: tuple[int, ...] = (3,)
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    temperature: float = 2.0
+    distill_weight: float = 1.0
+    train_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
+        n = len(self.tasks)
+        for name in ("input_sizes", "channels"):
+            value = getattr(self, name)
+            if len(value) == 1 and n > 1:
+                object.__setattr__(self, name, tuple(value) * n)
+            elif len(value) != n:
+                raise ValueError(f"{name}: expected one value or one per task ({n}), got {value}")
+        if n > self.units:
+            raise ValueError(f"units: {n} tasks need at least {n} units, got {self.units}")
+        if self.kind in ("hierarchical", "sequential") and n < 2:
+            raise ValueError(f"tasks: a {self.kind} scenario needs at least two tasks")
+
+    def replace(self, **changes) -> Scenario:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Scenario:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v
+                      for k, v in data.items() if k in names})
+
+
+_PAPER = "paper (Kim et al. CVPR 2019)"
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
+    Scenario("J1", "joint", ("cifar10", "cifar100"), "wrn", 32, 4, 2,
+             description=f"{_PAPER}: CIFAR-10 + CIFAR-100, WRN-32-4, k=2"),
+    Scenario("J2", "joint", ("tiny-imagenet-1", "tiny-imagenet-2", "tiny-imagenet-3",
+                             "tiny-imagenet-4"), "resnet", 42, 1, 4, (64,), batch_size=64,
+             description=f"{_PAPER}: Tiny-ImageNet in 4 tasks of 50 classes, ResNet-42, k=4"),
+    Scenario("J3", "joint", ("tiny-imagenet", "cifar100", "stl10"), "resnet", 42, 1, 3,
+             (64, 32, 96), description=f"{_PAPER}: Tiny-ImageNet + CIFAR-100 + STL-10, "
+             "ResNet-42, k=3 equal units (the paper as written; its Fig. 6 densities differ)"),
+    Scenario("H1", "hierarchical", ("cifar100-coarse", "cifar100"), "wrn", 32, 4, 2,
+             description=f"{_PAPER}: CIFAR-100 coarse (20) / fine (100), WRN-32-4, k=2"),
+    Scenario("S1", "sequential", ("cifar10-0-4", "cifar10-5-9"), "wrn", 32, 4, 2,
+             description=f"{_PAPER}: CIFAR-10 classes 0-4 (old) -> 5-9 (new), WRN-32-4, k=2"),
+    Scenario("S2", "sequential", ("cifar10", "cifar100"), "wrn", 32, 8, 2,
+             description=f"{_PAPER}: CIFAR-10 (old) -> CIFAR-100 (new), WRN-32-8, k=2"),
+    Scenario("fmnist-joint", "joint", ("fmnist", "digits"), "wrn", 14, 4, 2, (28,), (1,),
+             epochs=30, description="analogue of J1: Fashion-MNIST + scikit-learn digits "
+             "(upscaled to 28x28), WRN-14-4, k=2"),
+    Scenario("fmnist-hier", "hierarchical", ("fmnist-coarse", "fmnist-fine"), "wrn", 14, 4, 2,
+             (28,), (1,), epochs=30, description="analogue of H1: Fashion-MNIST coarse / fine "
+             "labels of the same images, WRN-14-4, k=2"),
+    Scenario("fmnist-seq", "sequential", ("fmnist-0-4", "fmnist-5-9"), "wrn", 14, 4, 2, (28,),
+             (1,), epochs=30, description="analogue of S1: Fashion-MNIST classes 0-4 (old) -> "
+             "5-9 (new), WRN-14-4, k=2"),
+]}
+
+# Each preset maps field -> value (backbone sizes per arch); "full" is the scenario itself.
+PRESETS: dict[str, dict] = {
+    "full": {},
+    "small": dict(epochs=3, train_subset=6000, wrn=dict(depth=14, width=2),
+                  resnet=dict(depth=10)),
+    "tiny": dict(epochs=2, batch_size=32, train_subset=256, test_subset=256,
+                 wrn=dict(depth=8, width=1), resnet=dict(depth=10)),
+}
+
+
+def get_scenario(name: str, preset: str = "full", **overrides) -> Scenario:
+    """Scenario ``name`` scaled by ``preset``, then ``overrides`` (None values ignored)."""
+    if name not in SCENARIOS:
+        raise ValueError(f"scenario: unknown scenario {name!r}; choose one of "
+                         f"{', '.join(SCENARIOS)}")
+    if preset not in PRESETS:
+        raise ValueError(f"preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    base = SCENARIOS[name]
+    changes = {k: v for k, v in PRESETS[preset].items() if k not in ("wrn", "resnet")}
+    changes.update(PRESETS[preset].get(base.arch, {}))
+    changes.update({k: v for k, v in overrides.items() if v is not None})
+    return base.replace(**changes)
