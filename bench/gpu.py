@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import dvn_kernels
+from bench.conv import ConvCase
 from bench.timing import write_results
 
 MODES = ("fwd", "dgrad", "wgrad", "fwd+bwd")
@@ -42,27 +43,10 @@ BASELINES = ("compact", "slice", "masked")
 
 
 @dataclass(frozen=True)
-class Case:
-    """One convolution shape of a network at one level of k units."""
+class Case(ConvCase):
+    """One convolution shape of a network (``net``) at one level of k units."""
 
-    net: str
-    name: str
-    c_in: int
-    c_out: int
-    size: int
-    kernel: int
-    stride: int
-    padding: int
-    level: int
-    units: int
-    batch: int
-
-    def segments(self) -> tuple[dvn_kernels.ChannelSegments, dvn_kernels.ChannelSegments]:
-        active = range(self.level)
-        return (dvn_kernels.segments_from_units(
-                    dvn_kernels.split_channels(self.c_in, self.units), active),
-                dvn_kernels.segments_from_units(
-                    dvn_kernels.split_channels(self.c_out, self.units), active))
+    net: str = ""
 
 
 # (net, stage name, channels, feature-map size, batch): the repeated 3x3 stride-1 conv of
@@ -74,7 +58,7 @@ STAGES = [("wrn-32-4", "s1", 64, 32, 128), ("wrn-32-4", "s2", 128, 16, 128),
 
 
 def all_cases(units: int = 4, levels: tuple[int, ...] = (1, 2, 3, 4)) -> list[Case]:
-    return [Case(net, name, c, c, size, 3, 1, 1, lv, units, batch)
+    return [Case(name, c, c, size, 3, 1, 1, lv, units, batch, net=net)
             for net, name, c, size, batch in STAGES for lv in levels]
 
 

@@ -8,6 +8,7 @@
 
 #include <array>
 #include <cstdint>
+#include <vector>
 
 #include "segments.h"
 
@@ -23,6 +24,11 @@ struct ConvProblem {
   int64_t out_height = 0, out_width = 0;  // output spatial size
   int64_t kernel_h = 0, kernel_w = 0;
   std::array<int64_t, 2> stride{}, padding{}, dilation{};
+
+  // The compact output's sizes: (batch, out_channels, out_height, out_width).
+  std::vector<int64_t> output_sizes() const {
+    return {batch, out_channels, out_height, out_width};
+  }
 };
 
 // Checks `weight` (4-D, floating), the segments against it, the compact input size `x_sizes`

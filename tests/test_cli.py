@@ -11,22 +11,9 @@ import torch
 from dvn.cli import main
 from dvn.training.synthetic import ENV
 
+pytestmark = pytest.mark.usefixtures("synthetic", "one_thread")
+
 TINY = ["--preset", "tiny", "--backend", "cpu", "--quiet", "--epochs", "2"]
-
-
-@pytest.fixture(autouse=True)
-def synthetic(monkeypatch):
-    monkeypatch.setenv(ENV, "1")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU, two threads that wait on each other make
-    these tiny steps 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def state(path):

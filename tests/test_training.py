@@ -7,22 +7,8 @@ import torch.nn.functional as F
 import dvn
 from dvn.training import (SCENARIOS, TrainConfig, distillation_loss, get_scenario, joint_loss,
                           label_map, lr_at, sequential_loss, train)
-from dvn.training.synthetic import ENV
 
-
-@pytest.fixture
-def synthetic(monkeypatch):
-    monkeypatch.setenv(ENV, "1")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU, two threads that wait on each other make
-    these tiny steps 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(tasks=2, classes=5):

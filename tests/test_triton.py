@@ -397,7 +397,7 @@ def test_bench_gpu_cases_build_on_cpu():
     cases = gpu.all_cases()
     assert {c.net for c in cases} == {"wrn-32-4", "resnet-42"}
     assert {c.level for c in cases} == {1, 2, 3, 4}
-    tiny = gpu.Case("wrn-32-4", "tiny", 8, 8, 4, 3, 1, 1, level=2, units=4, batch=2)
+    tiny = gpu.Case("tiny", 8, 8, 4, 3, 1, 1, level=2, units=4, batch=2, net="wrn-32-4")
     names = ["triton"] if "triton" in dvn_kernels.available_backends("cpu") else []
     for mode in gpu.MODES:
         fns = gpu.candidates(tiny, names, mode, torch.float32, channels_last=True,

@@ -34,10 +34,6 @@ void check_cpu(const at::Tensor& t, const char* name) {
                     t.device());
 }
 
-std::vector<int64_t> out_sizes(const ConvProblem& p) {
-  return {p.batch, p.out_channels, p.out_height, p.out_width};
-}
-
 at::Tensor forward(const at::Tensor& x, const at::Tensor& weight,
                    const std::optional<at::Tensor>& bias, at::IntArrayRef in_segments,
                    at::IntArrayRef out_segments, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -48,7 +44,7 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& weight,
                               dilation);
   const auto b = checked_bias(bias, weight, p);
   const auto fmt = follow_format(x);
-  if (p.batch == 0) return at::empty(out_sizes(p), x.options().memory_format(fmt));
+  if (p.batch == 0) return at::empty(p.output_sizes(), x.options().memory_format(fmt));
   const auto w = gather_block(weight, p.out, p.in);
   at::Tensor y;
   if (gemm_applies(p)) {

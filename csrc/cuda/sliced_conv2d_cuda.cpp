@@ -149,10 +149,6 @@ at::Tensor checked_bias(const std::optional<at::Tensor>& bias, const at::Tensor&
   return *bias;
 }
 
-std::vector<int64_t> out_sizes(const ConvProblem& p) {
-  return {p.batch, p.out_channels, p.out_height, p.out_width};
-}
-
 at::Tensor forward(const at::Tensor& x, const at::Tensor& weight,
                    const std::optional<at::Tensor>& bias, at::IntArrayRef in_segments,
                    at::IntArrayRef out_segments, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -165,13 +161,13 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& weight,
   auto b = checked_bias(bias, weight);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto fmt = follow_format(x);
-  if (p.batch == 0) return at::empty(out_sizes(p), x.options().memory_format(fmt));
+  if (p.batch == 0) return at::empty(p.output_sizes(), x.options().memory_format(fmt));
   ConvGemmParams prm;
   prm.g = checked_geometry(p);
   const auto w = kernel_weight(weight, p, /*need_values=*/true);
   if (b.defined() && w.gathered) b = gather_channels(b, 0, p.out);
   const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
-  auto y = at::empty(out_sizes(p), x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto y = at::empty(p.output_sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
   poison(y);
   const int vec = elements_per_16_bytes(x);
   prm.w = w.view;

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Optional
-
 
 
 def attach_baselines(result: dict, baselines: list[dict]) -> dict:
@@ -108,8 +108,14 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict, out_dir: str) -> list[str]:
     """accuracy_vs_parameters.png (per task: DVN levels, independent networks) and, with
-    latencies, speedup.png (per (task, level): vs the full level and vs the masked twin)."""
-    import matplotlib
+    latencies, speedup.png (per (task, level): vs the full level and vs the masked twin).
+    Without matplotlib it says so and draws nothing: the JSON and markdown still hold it all."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("note: matplotlib is not installed, so no plots (pip install matplotlib)",
+              file=sys.stderr)
+        return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

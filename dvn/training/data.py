@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Optional
 
@@ -17,8 +18,10 @@ def task_splits(scenario: Scenario, split: str, *, root: Optional[str] = None,
     """Task number (1-based) -> dvn.data Split of ``split``, cut to ``subset`` images."""
     from dvn.data import task
 
-    from .synthetic import enabled, synthetic_task
+    from .synthetic import ENV, enabled, synthetic_task
     if enabled():
+        print(f"warning: {ENV} is set: synthetic stand-in data, not the real datasets",
+              file=sys.stderr)
         task = synthetic_task
     out = {}
     for j in (tasks or range(1, len(scenario.tasks) + 1)):
