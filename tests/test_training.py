@@ -116,3 +116,20 @@ def test_divergence_stops_and_keeps_the_last_checkpoint(synthetic, tmp_path):
     s = get_scenario("fmnist-joint", "tiny", epochs=2, lr=1e12)
     with pytest.raises(FloatingPointError, match="diverged"):
         train(TrainConfig(s, "tiny", str(tmp_path / "run"), backend="cpu"), quiet=True)
+
+
+def test_sequential_keeps_the_old_tasks_batch_norm_statistics(synthetic, tmp_path):
+    """The new task's images must not overwrite the old task's statistics (every level), while
+    the new task's own statistics do move; a teacher trained with another backend is accepted."""
+    s = get_scenario("fmnist-seq", "tiny", epochs=1)
+    old = train(TrainConfig(s, "tiny", str(tmp_path / "old"), only=((1, 1), (1, 2)),
+                            backend="reference"), quiet=True)
+    new = train(TrainConfig(s, "tiny", str(tmp_path / "new"), teacher=str(tmp_path / "old"),
+                            backend="cpu"), quiet=True)
+    before, after = old["model"].state_dict(), new["model"].state_dict()
+    stats = [k for k in after if k.endswith("running_mean")]
+    assert any(".t1_l1." in k for k in stats) and any(".t2_l2." in k for k in stats)
+    for k in stats:
+        if ".t1_" in k:
+            torch.testing.assert_close(after[k], before[k], rtol=0, atol=0)
+    assert any(not torch.equal(after[k], before[k]) for k in stats if ".t2_" in k)

@@ -47,10 +47,13 @@ def checks(result: dict) -> list[dict]:
         return out
     if result["kind"] == "sequential":
         old, new = tasks[:-1], tasks[-1]
-        for j in old:
+        for j in old:  # against the old network at the same level where it has one
             for level in range(1, top + 1):
                 r = rows.get((j, level))
-                if r and r["indep_full"] is not None:
+                if r and r["indep_same"] is not None:
+                    add(f"old task {j} level {level} - old network level {level}",
+                        r["accuracy"] - r["indep_same"], -1.5)
+                elif r and r["indep_full"] is not None:
                     add(f"old task {j} level {level} - old network",
                         r["accuracy"] - r["indep_full"], -1.5)
         r = rows.get((new, top))

@@ -15,7 +15,7 @@ lane_a() {
   for c in 1:2 2:2 1:1 2:1; do train $R/joint-${c/:/l} fmnist-joint --only $c; done
 }
 lane_b() {
-  train $R/seq-old fmnist-seq --only 1:2                 # the old network (teacher)
+  train $R/seq-old fmnist-seq --only 1:1 --only 1:2     # the old network: task 1, every level
   train $R/seq fmnist-seq --teacher $R/seq-old
   train $R/seq-2l2 fmnist-seq --only 2:2                 # independent network, new task
   train $R/hier fmnist-hier
