@@ -59,12 +59,20 @@ void check_same_type(const at::Tensor& t, const char* name, const at::Tensor& li
                     " does not match ", like_name, "'s device ", like.device());
 }
 
-void check_grad_out(const at::Tensor& grad_out, const ConvProblem& p) {
+ConvProblem make_backward_problem(const at::Tensor& grad_out, const at::Tensor& x,
+                                  const at::Tensor& weight, at::IntArrayRef in_segments,
+                                  at::IntArrayRef out_segments, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_same_type(grad_out, "grad_out", weight, "weight");
+  check_same_type(x, "x", weight, "weight");
+  const auto p = make_problem(x.sizes(), weight, in_segments, out_segments, stride, padding,
+                              dilation);
   const bool ok = grad_out.dim() == 4 && grad_out.size(0) == p.batch &&
                   grad_out.size(1) == p.out_channels && grad_out.size(2) == p.out_height &&
                   grad_out.size(3) == p.out_width;
   TORCH_CHECK_VALUE(ok, "grad_out: expected shape (", p.batch, ", ", p.out_channels, ", ",
                     p.out_height, ", ", p.out_width, "), got ", grad_out.sizes());
+  return p;
 }
 
 }  // namespace dvn

@@ -42,7 +42,11 @@ ConvProblem make_problem(at::IntArrayRef x_sizes, const at::Tensor& weight,
 void check_same_type(const at::Tensor& t, const char* name, const at::Tensor& like,
                      const char* like_name);
 
-// Checks that `grad_out` has the compact output shape of `problem`.
-void check_grad_out(const at::Tensor& grad_out, const ConvProblem& problem);
+// The checks every device's backward makes before its own: grad_out and x of weight's dtype
+// and device, the problem as make_problem checks it, and grad_out of its compact output shape.
+ConvProblem make_backward_problem(const at::Tensor& grad_out, const at::Tensor& x,
+                                  const at::Tensor& weight, at::IntArrayRef in_segments,
+                                  at::IntArrayRef out_segments, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation);
 
 }  // namespace dvn

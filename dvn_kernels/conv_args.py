@@ -157,3 +157,11 @@ def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int
     """Spatial output size of a convolution along one dimension."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
+
+def output_shape(x_shape, weight_shape, out_segments, stride, padding, dilation) -> list[int]:
+    """The compact output's shape (N, sum of out lengths, P, Q); segments flat, geometry pairs."""
+    n, _, h, w = x_shape
+    kh, kw = weight_shape[2], weight_shape[3]
+    return [n, sum(out_segments[1::2]),
+            output_size(h, kh, stride[0], padding[0], dilation[0]),
+            output_size(w, kw, stride[1], padding[1], dilation[1])]

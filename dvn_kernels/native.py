@@ -14,19 +14,11 @@ import torch
 
 from . import extension
 from .channels import follow_format
-from .conv_args import ConvArgs, output_size
-
-
-def _out_shape(x_shape, weight_shape, out_segments, stride, padding, dilation) -> list[int]:
-    n, _, h, w = x_shape
-    kh, kw = weight_shape[2], weight_shape[3]
-    return [n, sum(out_segments[1::2]),
-            output_size(h, kh, stride[0], padding[0], dilation[0]),
-            output_size(w, kw, stride[1], padding[1], dilation[1])]
+from .conv_args import ConvArgs, output_shape
 
 
 def _fake_forward(x, weight, bias, in_segments, out_segments, stride, padding, dilation):
-    shape = _out_shape(x.shape, weight.shape, out_segments, stride, padding, dilation)
+    shape = output_shape(x.shape, weight.shape, out_segments, stride, padding, dilation)
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=follow_format(x))
 
 

@@ -243,11 +243,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     at::IntArrayRef in_segments, at::IntArrayRef out_segments, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 3> output_mask) {
   check_cuda(x, "x");
-  check_same_type(grad_out, "grad_out", weight, "weight");
-  check_same_type(x, "x", weight, "weight");
-  const auto p = make_problem(x.sizes(), weight, in_segments, out_segments, stride, padding,
-                              dilation);
-  check_grad_out(grad_out, p);
+  const auto p = make_backward_problem(grad_out, x, weight, in_segments, out_segments, stride,
+                                       padding, dilation);
   const DType dtype = kernel_dtype(x);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto [need_x, need_w, need_b] = output_mask;

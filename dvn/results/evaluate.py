@@ -6,7 +6,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Optional
 
 import torch
@@ -32,20 +32,23 @@ def accuracy(model: nn.Module, loader: Iterable, task: int, level: int,
     return 100.0 * correct / max(seen, 1)
 
 
-def latency(fn: Callable[[], object], *, repeats: int, warmup: int = 2,
-            device: torch.device = torch.device("cpu")) -> float:
-    """Median wall time (s) of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+def latency(fns: Sequence[Callable[[], object]], *, repeats: int, warmup: int = 2,
+            device: torch.device = torch.device("cpu")) -> list[float]:
+    """Median wall time (s) of each ``fn()`` over ``repeats`` rounds after ``warmup`` rounds;
+    the functions alternate within each round, so a noisy machine slows them alike."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     sync()
-    times = []
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for fn, t_fn in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            sync()
+            t_fn.append(time.perf_counter() - t)
+    return [statistics.median(t_fn) for t_fn in times]
 
 
 def machine(device: torch.device) -> str:
@@ -87,10 +90,12 @@ def evaluate(run: str, *, device: str = "auto", backend: Optional[str] = None,
     backend = backend or config.backend
     top = s.units
     rows = []
+    loaders = {j: make_loader(splits[j], s, j, train=False, batch_size=batch_size, seed=0)
+               for j in splits}
     for task, level in configs:
         if progress:
             progress(f"task {task} level {level}")
-        loader = make_loader(splits[task], s, task, train=False, batch_size=batch_size, seed=0)
+        loader = loaders[task]
         params = count_parameters(model, task, level)
         row = {"task": task, "task_name": s.tasks[task - 1], "level": level,
                "parameters": params,
@@ -103,12 +108,11 @@ def evaluate(run: str, *, device: str = "auto", backend: Optional[str] = None,
                 x = torch.randn(b, ch, size, size, device=dev)
                 with torch.no_grad():
                     reps = repeats if b == 1 else max(3, repeats // 3)
-                    row[f"latency_ms_b{b}"] = 1e3 * latency(
-                        lambda: model(x, task=task, level=level, backend=backend),
+                    sliced, masked = latency(
+                        [lambda: model(x, task=task, level=level, backend=backend),
+                         lambda: model(x, task=task, level=level, backend="masked")],
                         repeats=reps, device=dev)
-                    row[f"masked_ms_b{b}"] = 1e3 * latency(
-                        lambda: model(x, task=task, level=level, backend="masked"),
-                        repeats=reps, device=dev)
+                row[f"latency_ms_b{b}"], row[f"masked_ms_b{b}"] = 1e3 * sliced, 1e3 * masked
         rows.append(row)
     if measure_latency:
         for row in rows:

@@ -19,8 +19,8 @@ from typing import Optional
 import torch
 from torch.library import triton_op
 
-from ..channels import follow_format, take_channels
-from ..conv_args import ConvArgs, output_size
+from ..channels import follow_format, scatter_channels, take_channels
+from ..conv_args import ConvArgs, output_shape
 from . import configs
 from .conv_bwd_input import conv_grad_input
 from .conv_bwd_weight import conv_grad_weight
@@ -63,11 +63,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
              in_segments: list[int], out_segments: list[int], stride: list[int],
              padding: list[int], dilation: list[int], allow_tf32: bool) -> torch.Tensor:
     stride_, padding_, dilation_ = _geometry(stride, padding, dilation)
-    n, _, h, w = x.shape
-    kh, kw = weight.shape[2:]
-    shape = (n, sum(out_segments[1::2]),
-             output_size(h, kh, stride_[0], padding_[0], dilation_[0]),
-             output_size(w, kw, stride_[1], padding_[1], dilation_[1]))
+    shape = output_shape(x.shape, weight.shape, out_segments, stride_, padding_, dilation_)
     y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=follow_format(x))
     if not native(out_segments) and bias is not None:
         bias = take_channels(bias, 0, out_segments)
@@ -88,15 +84,6 @@ def _grad_input(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     return gx
 
 
-def _pieces(flat: Sequence[int]) -> list[tuple[int, int, int]]:
-    """(full start, compact start, length) of each range."""
-    out, offset = [], 0
-    for i in range(0, len(flat), 2):
-        out.append((flat[i], offset, flat[i + 1]))
-        offset += flat[i + 1]
-    return out
-
-
 @_define(f"{_NS}::triton_sliced_conv2d_grad_weight")
 def _grad_weight(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                  in_segments: list[int], out_segments: list[int], stride: list[int],
@@ -110,7 +97,7 @@ def _grad_weight(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                          precision)
         return gw
     # More than two ranges on a side: that side of the block is computed compactly, then
-    # scattered into the full gradient range by range.
+    # scattered into the full gradient.
     gather_out, gather_in = not native(out_segments), not native(in_segments)
     rows = sum(out_segments[1::2]) if gather_out else weight.shape[0]
     cols = sum(in_segments[1::2]) if gather_in else weight.shape[1]
@@ -119,19 +106,16 @@ def _grad_weight(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     outs = Segs.of(compact(rows) if gather_out else out_segments)
     ins = Segs.of(compact(cols) if gather_in else in_segments)
     conv_grad_weight(grad_y, x, ins, outs, block, *geometry, precision)
-    for d0, s0, l0 in (_pieces(out_segments) if gather_out else [(0, 0, rows)]):
-        for d1, s1, l1 in (_pieces(in_segments) if gather_in else [(0, 0, cols)]):
-            gw.narrow(0, d0, l0).narrow(1, d1, l1).copy_(block.narrow(0, s0, l0)
-                                                         .narrow(1, s1, l1))
-    return gw
+    if gather_out:
+        block = scatter_channels(block, 0, out_segments, weight.shape[0])
+    if gather_in:
+        block = scatter_channels(block, 1, in_segments, weight.shape[1])
+    return gw.copy_(block)
 
 
 def _grad_bias(grad_y: torch.Tensor, out_segments: Sequence[int], c_out: int) -> torch.Tensor:
     sums = grad_y.sum((0, 2, 3), dtype=torch.float32).to(grad_y.dtype)
-    gb = grad_y.new_zeros(c_out)
-    for start, offset, length in _pieces(out_segments):
-        gb.narrow(0, start, length).copy_(sums.narrow(0, offset, length))
-    return gb
+    return scatter_channels(sums, 0, out_segments, c_out)
 
 
 def _setup_context(ctx, inputs, output) -> None:
