@@ -2,22 +2,108 @@
 
 #include <ATen/ATen.h>
 
+#include <limits>
+#include <string>
+
 namespace dvn {
 namespace {
 
-std::array<int64_t, 2> pair_arg(at::IntArrayRef v, const char* name, int64_t min_value) {
-  TORCH_CHECK_VALUE(v.size() == 2, name, ": expected 2 values (height, width), got ", v.size());
-  TORCH_CHECK_VALUE(v[0] >= min_value && v[1] >= min_value, name, ": values must be >= ",
-                    min_value, ", got (", v[0], ", ", v[1], ")");
-  return {v[0], v[1]};
+constexpr const char* kFormat =
+    "expected \"in=S:E[,S:E] out=S:E[,S:E] stride=H,W padding=H,W dilation=H,W groups=G\"";
+
+// A cursor over the spec string; every failure names the spec and where it went wrong.
+class SpecReader {
+ public:
+  explicit SpecReader(c10::string_view s) : s_(s) {}
+
+  void key(const char* name) {
+    size_t at = pos_;
+    bool ok = pos_ == 0 || (at < s_.size() && s_[at++] == ' ');
+    for (const char* c = name; ok && *c; ++c) ok = at < s_.size() && s_[at++] == *c;
+    ok = ok && at < s_.size() && s_[at++] == '=';
+    if (!ok) fail(std::string("'") + (pos_ > 0 ? " " : "") + name + "='");
+    pos_ = at;
+  }
+
+  void literal(char c) {
+    if (pos_ >= s_.size() || s_[pos_] != c) fail(std::string("'") + c + "'");
+    ++pos_;
+  }
+
+  bool next_is(char c) const { return pos_ < s_.size() && s_[pos_] == c; }
+
+  int64_t number() {
+    const size_t begin = pos_;
+    int64_t v = 0;
+    while (pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9') {
+      if (v > (std::numeric_limits<int32_t>::max() - 9) / 10) fail("a number below 2^31");
+      v = v * 10 + (s_[pos_] - '0');
+      ++pos_;
+    }
+    if (pos_ == begin) fail("a non-negative integer");
+    return v;
+  }
+
+  std::array<int64_t, 2> pair(const char* name) {
+    key(name);
+    const int64_t a = number();
+    literal(',');
+    return {a, number()};
+  }
+
+  // The ranges after "<name>="; errors call them `label` (in_segments, out_segments).
+  ChannelRanges ranges(const char* name, const char* label) {
+    key(name);
+    int64_t bounds[4] = {0, 0, 0, 0};
+    int n = 0;
+    do {
+      if (n > 0) literal(',');
+      if (n == 4) fail("at most two ranges");
+      bounds[n] = number();
+      literal(':');
+      bounds[n + 1] = number();
+      n += 2;
+    } while (next_is(','));
+    for (int i = 0; i < n; i += 2) {
+      TORCH_CHECK_VALUE(bounds[i + 1] > bounds[i], "spec: ", label, " range ", i / 2, " (",
+                        bounds[i], ":", bounds[i + 1], ") is empty or reversed in '", s_, "'");
+    }
+    TORCH_CHECK_VALUE(n == 2 || bounds[2] >= bounds[1], "spec: ", label,
+                      " ranges must be sorted and disjoint, got ", bounds[0], ":", bounds[1],
+                      " then ", bounds[2], ":", bounds[3], " in '", s_, "'");
+    ChannelRanges r;
+    r.start0 = int32_t(bounds[0]);
+    r.length0 = int32_t(bounds[1] - bounds[0]);
+    if (n == 4) {
+      r.start1 = int32_t(bounds[2]);
+      r.length1 = int32_t(bounds[3] - bounds[2]);
+    }
+    return r;
+  }
+
+  void finish() const {
+    if (pos_ != s_.size()) fail("the end of the spec");
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& wanted) const {
+    C10_THROW_ERROR(ValueError, c10::str("spec: expected ", wanted, " at position ", pos_,
+                                         " of '", s_, "'; ", kFormat));
+  }
+
+  c10::string_view s_;
+  size_t pos_ = 0;
+};
+
+void check_within(const ChannelRanges& r, int64_t channels, const char* name, const char* what) {
+  TORCH_CHECK_VALUE(r.end() <= channels, name, ": channel range ends at ", r.end(),
+                    ", outside the ", channels, " ", what, " channels of the weight");
 }
 
 }  // namespace
 
 ConvProblem make_problem(at::IntArrayRef x_sizes, const at::Tensor& weight,
-                         at::IntArrayRef in_segments, at::IntArrayRef out_segments,
-                         at::IntArrayRef stride, at::IntArrayRef padding,
-                         at::IntArrayRef dilation) {
+                         c10::string_view spec) {
   TORCH_CHECK_VALUE(weight.dim() == 4, "weight: expected a 4-D (C_out, C_in, kh, kw) tensor, got ",
                     weight.dim(), "-D");
   TORCH_CHECK_TYPE(at::isFloatingType(weight.scalar_type()),
@@ -25,10 +111,24 @@ ConvProblem make_problem(at::IntArrayRef x_sizes, const at::Tensor& weight,
   TORCH_CHECK_VALUE(x_sizes.size() == 4, "x: expected a 4-D (N, C, H, W) tensor, got ",
                     x_sizes.size(), "-D");
   ConvProblem p;
-  p.in = parse_segments(in_segments, weight.size(1), "in_segments");
-  p.out = parse_segments(out_segments, weight.size(0), "out_segments");
-  p.in_channels = total_length(p.in);
-  p.out_channels = total_length(p.out);
+  SpecReader reader(spec);
+  p.in = reader.ranges("in", "in_segments");
+  p.out = reader.ranges("out", "out_segments");
+  p.stride = reader.pair("stride");
+  p.padding = reader.pair("padding");
+  p.dilation = reader.pair("dilation");
+  reader.key("groups");
+  p.groups = reader.number();
+  reader.finish();
+  TORCH_CHECK_VALUE(p.stride[0] >= 1 && p.stride[1] >= 1 && p.dilation[0] >= 1 &&
+                        p.dilation[1] >= 1,
+                    "spec: stride and dilation must be >= 1 in '", spec, "'");
+  TORCH_CHECK_NOT_IMPLEMENTED(p.groups == 1, "groups: the native kernels support groups=1 only, "
+                              "got ", p.groups);
+  check_within(p.in, weight.size(1), "in_segments", "input");
+  check_within(p.out, weight.size(0), "out_segments", "output");
+  p.in_channels = p.in.total();
+  p.out_channels = p.out.total();
   TORCH_CHECK_VALUE(x_sizes[1] == p.in_channels, "x: has ", x_sizes[1],
                     " channels but in_segments select ", p.in_channels);
   p.batch = x_sizes[0];
@@ -36,9 +136,6 @@ ConvProblem make_problem(at::IntArrayRef x_sizes, const at::Tensor& weight,
   p.width = x_sizes[3];
   p.kernel_h = weight.size(2);
   p.kernel_w = weight.size(3);
-  p.stride = pair_arg(stride, "stride", 1);
-  p.padding = pair_arg(padding, "padding", 0);
-  p.dilation = pair_arg(dilation, "dilation", 1);
   const int64_t span_h = p.dilation[0] * (p.kernel_h - 1) + 1;
   const int64_t span_w = p.dilation[1] * (p.kernel_w - 1) + 1;
   const int64_t padded_h = p.height + 2 * p.padding[0];
@@ -60,13 +157,10 @@ void check_same_type(const at::Tensor& t, const char* name, const at::Tensor& li
 }
 
 ConvProblem make_backward_problem(const at::Tensor& grad_out, const at::Tensor& x,
-                                  const at::Tensor& weight, at::IntArrayRef in_segments,
-                                  at::IntArrayRef out_segments, at::IntArrayRef stride,
-                                  at::IntArrayRef padding, at::IntArrayRef dilation) {
+                                  const at::Tensor& weight, c10::string_view spec) {
   check_same_type(grad_out, "grad_out", weight, "weight");
   check_same_type(x, "x", weight, "weight");
-  const auto p = make_problem(x.sizes(), weight, in_segments, out_segments, stride, padding,
-                              dilation);
+  const auto p = make_problem(x.sizes(), weight, spec);
   const bool ok = grad_out.dim() == 4 && grad_out.size(0) == p.batch &&
                   grad_out.size(1) == p.out_channels && grad_out.size(2) == p.out_height &&
                   grad_out.size(3) == p.out_width;

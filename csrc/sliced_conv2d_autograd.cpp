@@ -2,14 +2,16 @@
 //
 // A C++ autograd kernel (as in torchvision's ops) rather than torch.library.register_autograd
 // in Python: the Python formula cost ~150 us per forward+backward, as much as a level-1
-// convolution's own backward on small layers. torch.compile traces it through the fake
-// implementations registered in dvn_kernels/native.py. Double backward is not supported.
+// convolution's own backward on small layers. The node saves x, the weight and the spec string
+// (no per-argument lists). torch.compile traces it through the fake implementations
+// registered in dvn_kernels/ops.py. Double backward is not supported.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <array>
+#include <string>
 #include <tuple>
 
 namespace dvn {
@@ -19,66 +21,51 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 at::Tensor call_forward(const at::Tensor& x, const at::Tensor& weight,
-                        const std::optional<at::Tensor>& bias, at::IntArrayRef in_segments,
-                        at::IntArrayRef out_segments, at::IntArrayRef stride,
-                        at::IntArrayRef padding, at::IntArrayRef dilation) {
+                        const std::optional<at::Tensor>& bias, c10::string_view spec) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("dvn_kernels::sliced_conv2d", "")
           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                            at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
-                            at::IntArrayRef)>();
-  return op.call(x, weight, bias, in_segments, out_segments, stride, padding, dilation);
+                            c10::string_view)>();
+  return op.call(x, weight, bias, spec);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-    at::IntArrayRef in_segments, at::IntArrayRef out_segments, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 3> output_mask) {
+    c10::string_view spec, std::array<bool, 3> output_mask) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("dvn_kernels::sliced_conv2d_backward", "")
           .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-              const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef,
-              at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+              const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view,
               std::array<bool, 3>)>();
-  return op.call(grad_out, x, weight, in_segments, out_segments, stride, padding, dilation,
-                 output_mask);
+  return op.call(grad_out, x, weight, spec, output_mask);
 }
 
 class SlicedConv2d : public torch::autograd::Function<SlicedConv2d> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias, at::IntArrayRef in_segments,
-                            at::IntArrayRef out_segments, at::IntArrayRef stride,
-                            at::IntArrayRef padding, at::IntArrayRef dilation) {
+                            const std::optional<at::Tensor>& bias, c10::string_view spec) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({x, weight});
+    ctx->saved_data["spec"] = std::string(spec);
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    ctx->saved_data["in_segments"] = in_segments.vec();
-    ctx->saved_data["out_segments"] = out_segments.vec();
-    ctx->saved_data["stride"] = stride.vec();
-    ctx->saved_data["padding"] = padding.vec();
-    ctx->saved_data["dilation"] = dilation.vec();
-    return call_forward(x, weight, bias, in_segments, out_segments, stride, padding, dilation);
+    return call_forward(x, weight, bias, spec);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
+    const auto& spec = ctx->saved_data["spec"].toStringRef();
+    // An absent bias has no gradient edge: needs_input_grad(2) may not be asked then.
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       has_bias && ctx->needs_input_grad(2)};
     at::Tensor gx, gw, gb;
     if (mask[0] || mask[1] || mask[2]) {
-      std::tie(gx, gw, gb) = call_backward(
-          grad_outputs[0], saved[0], saved[1], ctx->saved_data["in_segments"].toIntVector(),
-          ctx->saved_data["out_segments"].toIntVector(), ctx->saved_data["stride"].toIntVector(),
-          ctx->saved_data["padding"].toIntVector(), ctx->saved_data["dilation"].toIntVector(),
-          mask);
+      std::tie(gx, gw, gb) = call_backward(grad_outputs[0], saved[0], saved[1], spec, mask);
     }
     return {mask[0] ? gx : at::Tensor(), mask[1] ? gw : at::Tensor(),
-            mask[2] ? gb : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+            mask[2] ? gb : at::Tensor(), at::Tensor()};
   }
 };
 
@@ -88,12 +75,9 @@ class BackwardNotDifferentiable : public torch::autograd::Function<BackwardNotDi
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_out,
                                const at::Tensor& x, const at::Tensor& weight,
-                               at::IntArrayRef in_segments, at::IntArrayRef out_segments,
-                               at::IntArrayRef stride, at::IntArrayRef padding,
-                               at::IntArrayRef dilation, std::array<bool, 3> output_mask) {
+                               c10::string_view spec, std::array<bool, 3> output_mask) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [gx, gw, gb] = call_backward(grad_out, x, weight, in_segments, out_segments, stride,
-                                      padding, dilation, output_mask);
+    auto [gx, gw, gb] = call_backward(grad_out, x, weight, spec, output_mask);
     return {gx, gw, gb};
   }
 
@@ -106,27 +90,20 @@ class BackwardNotDifferentiable : public torch::autograd::Function<BackwardNotDi
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sliced_conv2d_backward_autograd(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-    at::IntArrayRef in_segments, at::IntArrayRef out_segments, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 3> output_mask) {
-  const auto out = BackwardNotDifferentiable::apply(grad_out, x, weight, in_segments,
-                                                    out_segments, stride, padding, dilation,
-                                                    output_mask);
+    c10::string_view spec, std::array<bool, 3> output_mask) {
+  const auto out = BackwardNotDifferentiable::apply(grad_out, x, weight, spec, output_mask);
   return {out[0], out[1], out[2]};
 }
 
 at::Tensor sliced_conv2d_autograd(const at::Tensor& x, const at::Tensor& weight,
-                                  const std::optional<at::Tensor>& bias,
-                                  at::IntArrayRef in_segments, at::IntArrayRef out_segments,
-                                  at::IntArrayRef stride, at::IntArrayRef padding,
-                                  at::IntArrayRef dilation) {
+                                  const std::optional<at::Tensor>& bias, c10::string_view spec) {
   const bool bias_grad = bias.has_value() && bias->defined() && bias->requires_grad();
   if (!at::GradMode::is_enabled() || !(x.requires_grad() || weight.requires_grad() || bias_grad)) {
     // Inference: skip the autograd node (a few microseconds per call at batch 1).
     at::AutoDispatchBelowADInplaceOrView guard;
-    return call_forward(x, weight, bias, in_segments, out_segments, stride, padding, dilation);
+    return call_forward(x, weight, bias, spec);
   }
-  return SlicedConv2d::apply(x, weight, bias, in_segments, out_segments, stride, padding,
-                             dilation);
+  return SlicedConv2d::apply(x, weight, bias, spec);
 }
 
 }  // namespace

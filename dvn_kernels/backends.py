@@ -23,8 +23,8 @@ from typing import Callable, Optional
 import torch
 
 from . import extension
-from .conv_args import ConvArgs
 from .native import native_conv2d
+from .plan import ConvPlan
 from .reference import masked_conv2d, reference_conv2d
 
 BACKENDS = ("auto", "reference", "masked", "cpu", "triton", "cuda")
@@ -77,11 +77,11 @@ def _why_triton_unavailable(device: torch.device, dtype: torch.dtype) -> Optiona
     return None
 
 
-def _triton_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                   args: ConvArgs) -> torch.Tensor:
+def _triton_conv2d(plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
+                   bias: Optional[torch.Tensor]) -> torch.Tensor:
     from .triton import triton_conv2d  # imports Triton: only when the backend runs
 
-    return triton_conv2d(x, weight, bias, args)
+    return triton_conv2d(plan, x, weight, bias)
 
 
 def _why_cuda_unavailable(device: torch.device, dtype: torch.dtype) -> Optional[str]:
@@ -123,10 +123,28 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     return backend
 
 
-IMPLEMENTATIONS: dict[str, Callable] = {
+Implementation = Callable[[ConvPlan, torch.Tensor, torch.Tensor, Optional[torch.Tensor]],
+                          torch.Tensor]
+
+IMPLEMENTATIONS: dict[str, Implementation] = {
     "reference": reference_conv2d,
     "masked": masked_conv2d,
     "cpu": native_conv2d,
     "triton": _triton_conv2d,
     "cuda": native_conv2d,
 }
+
+_CHOSEN: dict[tuple[str, torch.device, torch.dtype], Implementation] = {}
+
+
+def implementation(backend: str, x: torch.Tensor) -> Implementation:
+    """The function that runs ``backend`` for tensors like ``x``: resolve_backend, remembered
+    per (backend, device, dtype) so that the hot path pays a dict lookup."""
+    if torch.compiler.is_compiling():
+        return IMPLEMENTATIONS[resolve_backend(backend, x)]
+    key = (backend, x.device, x.dtype)
+    impl = _CHOSEN.get(key)
+    if impl is None:
+        impl = IMPLEMENTATIONS[resolve_backend(backend, x)]
+        _CHOSEN[key] = impl
+    return impl

@@ -49,3 +49,19 @@ def follow_format(t: torch.Tensor) -> torch.memory_format:
     if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format
+
+
+def oneDNN_safe(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a CPU convolution can take it without crashing: NCHW instead of channels_last
+    when its height or width is 1.
+
+    torch 2.14.1's CPU convolution (oneDNN) kills the process with a segmentation fault on some
+    channels_last inputs of width 1 (1x1 kernel, bias, stride > 1, padding, dilation, batch of
+    2 or more; found by fuzzing, reported in issue 15); the same call on NCHW runs correctly.
+    Such degenerate shapes are rare and small, so the layout copy costs nothing that matters.
+    Mirrored by dvn::cpu::onednn_safe in csrc/cpu/sliced_conv2d_cpu.cpp.
+    """
+    if (t.device.type == "cpu" and t.dim() == 4 and (t.shape[2] == 1 or t.shape[3] == 1)
+            and follow_format(t) == torch.channels_last):
+        return t.contiguous()
+    return t

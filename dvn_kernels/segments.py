@@ -29,7 +29,7 @@ class ChannelSegments:
     ``name`` only labels error messages (e.g. ``"in_segments"``).
     """
 
-    __slots__ = ("_pairs", "_flat")
+    __slots__ = ("_pairs", "_flat", "_hash", "_total")
 
     def __init__(self, pairs: Iterable[Sequence[int]], *, name: str = "segments") -> None:
         if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Iterable):
@@ -64,6 +64,8 @@ class ChannelSegments:
             else:
                 merged.append([start, length])
         object.__setattr__(self, "_flat", tuple(v for pair in merged for v in pair))
+        object.__setattr__(self, "_hash", hash(self._pairs))  # plans are looked up by segments
+        object.__setattr__(self, "_total", sum(length for _, length in parsed))
 
     def __setattr__(self, key: str, value: object) -> None:
         raise AttributeError("ChannelSegments is immutable")
@@ -85,7 +87,7 @@ class ChannelSegments:
     @property
     def total(self) -> int:
         """Number of active channels (the compact channel count)."""
-        return sum(length for _, length in self._pairs)
+        return self._total
 
     @property
     def end(self) -> int:
@@ -124,11 +126,11 @@ class ChannelSegments:
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, ChannelSegments):
-            return self._pairs == other._pairs
+            return self is other or self._pairs == other._pairs
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(self._pairs)
+        return self._hash
 
     def __repr__(self) -> str:
         return f"ChannelSegments({list(self._pairs)})"

@@ -1,4 +1,4 @@
-"""The public sliced convolution."""
+"""The public sliced convolution, and its hot path for callers that hold a plan."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Optional, Union
 
 import torch
 
-from .backends import IMPLEMENTATIONS, resolve_backend
-from .conv_args import IntPair, check_conv_args
+from .backends import implementation
+from .plan import ConvPlan, IntPair, conv_plan
 from .segments import SegmentsLike
 
 
@@ -25,7 +25,25 @@ def sliced_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     Gradients flow to ``x`` (compact), ``weight`` and ``bias`` (full shape, zero outside the
     active block). Segments are ChannelSegments or sequences of (start, length) pairs.
     ``backend`` is one of 'auto', 'reference', 'masked', 'cpu', 'triton', 'cuda'.
+
+    Every argument is checked (TypeError/ValueError naming it); the checks of the segments and
+    geometry are memoised when the segments are ChannelSegments. Callers that run the same
+    configuration many times can hold its plan (``conv_plan``) and call ``planned_conv2d``.
     """
-    args = check_conv_args(x, weight, bias, in_segments, out_segments, stride, padding,
-                           dilation, groups)
-    return IMPLEMENTATIONS[resolve_backend(backend, x)](x, weight, bias, args)
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight: expected a torch.Tensor, got {type(weight).__name__}")
+    plan = conv_plan(weight.shape, in_segments, out_segments, stride=stride, padding=padding,
+                     dilation=dilation, groups=groups)
+    plan.check_inputs(x, weight, bias)
+    return implementation(backend, x)(plan, x, weight, bias)
+
+
+def planned_conv2d(plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
+                   bias: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
+    """``sliced_conv2d`` of a checked plan: the hot path of model layers.
+
+    No argument checks in Python beyond choosing the backend; the kernels' own checks still
+    hold (a mismatched tensor raises there), but ``reference`` and ``masked`` report shape
+    errors in torch's words. Use ``sliced_conv2d`` for input that has not been checked.
+    """
+    return implementation(backend, x)(plan, x, weight, bias)

@@ -10,11 +10,13 @@ from helpers import SEGMENT_LAYOUTS, make_problem, requires_cpu_kernel
 OPS = torch.ops.dvn_kernels if extension.LOADED else None
 
 
-def op_args(p):
-    c = p.conv
-    pair = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
-    return (list(p.ins.flat()), list(p.outs.flat()), pair(c["stride"]), pair(c["padding"]),
-            pair(c["dilation"]))
+def op_operands(p):
+    """(weight, bias, spec) as the kernel op takes them: more than two ranges on a side are
+    gathered by the plan first (dvn_kernels.plan)."""
+    plan = dvn_kernels.conv_plan(p.weight.shape, p.ins, p.outs, **p.conv)
+    weight, bias = plan.kernel_operands(p.weight, p.bias)
+    return weight.detach().requires_grad_(p.weight.requires_grad), \
+        None if bias is None else bias.detach().requires_grad_(p.bias.requires_grad), plan.spec
 
 
 CASES = {
@@ -38,7 +40,8 @@ def test_opcheck_forward(name, channels_last):
     p = case(name)
     if channels_last:
         p.x = p.x.detach().to(memory_format=torch.channels_last).requires_grad_()
-    torch.library.opcheck(OPS.sliced_conv2d.default, (p.x, p.weight, p.bias, *op_args(p)))
+    weight, bias, spec = op_operands(p)
+    torch.library.opcheck(OPS.sliced_conv2d.default, (p.x, weight, bias, spec))
 
 
 @requires_cpu_kernel
@@ -47,8 +50,9 @@ def test_opcheck_forward(name, channels_last):
 def test_opcheck_backward(name, mask):
     p = case(name, requires_grad=False)
     y = sliced_conv2d(p.x, p.weight, p.bias, in_segments=p.ins, out_segments=p.outs, **p.conv)
+    weight, _, spec = op_operands(p)
     torch.library.opcheck(OPS.sliced_conv2d_backward.default,
-                          (torch.randn_like(y), p.x, p.weight, *op_args(p), mask))
+                          (torch.randn_like(y), p.x, weight, spec, mask))
 
 
 @requires_cpu_kernel

@@ -120,11 +120,11 @@ def test_float16(layout, kernel):
 def test_several_tiles_per_dimension(ins, outs, align):
     """N, K and (in grad weight) M span several blocks; segment scalars at each alignment."""
     from dvn_kernels.triton.configs import channel_align
-    from dvn_kernels.triton.segments import Segs
+    from dvn_kernels.triton.segments import kernel_ranges
 
     p = make_problem(ins, outs, c_in=80, c_out=64, size=(9, 7), batch=3)
-    i, o = Segs.of(p.ins.flat()), Segs.of(p.outs.flat())
-    assert channel_align(i.total, o.total, i, o) == align
+    scalars = kernel_ranges(p.ins)[:3] + kernel_ranges(p.outs)[:3]
+    assert channel_align(p.ins.total, p.outs.total, *scalars) == align
     check(p)
 
 
@@ -192,7 +192,6 @@ def test_split_k_matches_one_split(geometry):
     """Each pass with 3 K-splits (float32 workspace + ordered reduction) equals the oracle,
     for one and two ranges per side."""
     from dvn_kernels.triton import conv_bwd_input, conv_bwd_weight, conv_fwd
-    from dvn_kernels.triton.segments import Segs
 
     geo = GEOMETRIES[geometry]
     p = make_problem(*SEGMENT_LAYOUTS["two"], **geo, batch=2)
@@ -200,7 +199,7 @@ def test_split_k_matches_one_split(geometry):
     want = oracle(exact)
     g = torch.randn(want.shape, dtype=torch.float64)
     ex, ew, eb = torch.autograd.grad(want, [exact.x, exact.weight, exact.bias], g)
-    ins, outs = Segs.of(p.ins.flat()), Segs.of(p.outs.flat())
+    ins, outs = p.ins, p.outs
     conv = [tuple(v) if isinstance(v, tuple) else (v, v)
             for v in (geo["stride"], geo["padding"], geo.get("dilation", 1))]
     x, w, b = low.x.detach(), low.weight.detach(), low.bias.detach()
@@ -243,25 +242,43 @@ def test_autotune_keys_are_few_for_all_levels():
     assert len(keys) == 2 * (2 + 3 + 3)
 
 
+def spec_of(p: Problem) -> str:
+    """The kernels' spec string of a problem with at most two ranges per side."""
+    return dvn_kernels.conv_plan(p.weight.shape, p.ins, p.outs, **p.conv).spec
+
+
 def test_opcheck_forward():
     p, _ = lowered(make_problem(*SEGMENT_LAYOUTS["two"], stride=2), torch.float32)
-    args = (list(p.ins.flat()), list(p.outs.flat()), [2, 2], [1, 1], [1, 1], False)
     torch.library.opcheck(torch.ops.dvn_kernels.triton_sliced_conv2d.default,
-                          (p.x, p.weight, p.bias, *args))
+                          (p.x, p.weight, p.bias, spec_of(p)))
 
 
-@pytest.mark.parametrize("op", ["grad_input", "grad_weight"])
-def test_opcheck_backward_ops(op):
-    """The backward ops have no derivative of their own (no double backward), so they are
-    checked on inputs that do not require grad."""
-    p, _ = lowered(make_problem(*SEGMENT_LAYOUTS["three"], kernel=1, padding=0, stride=2),
+@pytest.mark.parametrize("mask", [[True, True, True], [True, False, False], [False, True, True],
+                                  [False, False, True]])
+def test_opcheck_backward_op(mask):
+    """The backward op has no derivative of its own (no double backward), so it is checked on
+    inputs that do not require grad; it computes only what the mask asks for."""
+    p, _ = lowered(make_problem(*SEGMENT_LAYOUTS["two"], kernel=1, padding=0, stride=2),
                    torch.float32)
     x, w = p.x.detach(), p.weight.detach()
     y = sliced_conv2d(x, w, None, in_segments=p.ins, out_segments=p.outs, backend="triton",
                       **p.conv)
-    args = (list(p.ins.flat()), list(p.outs.flat()), [2, 2], [0, 0], [1, 1], False)
-    torch.library.opcheck(getattr(torch.ops.dvn_kernels, f"triton_sliced_conv2d_{op}").default,
-                          (torch.randn_like(y), x, w, *args))
+    torch.library.opcheck(torch.ops.dvn_kernels.triton_sliced_conv2d_backward.default,
+                          (torch.randn_like(y), x, w, spec_of(p), mask))
+
+
+def test_same_schema_as_the_native_ops():
+    """One op contract: the Triton ops take the native ops' arguments and return their
+    results (the backward with its output mask)."""
+    if not dvn_kernels.extension.LOADED:
+        pytest.skip("the C++ extension is not built")
+    ops = torch.ops.dvn_kernels
+    for native, triton in ((ops.sliced_conv2d, ops.triton_sliced_conv2d),
+                           (ops.sliced_conv2d_backward, ops.triton_sliced_conv2d_backward)):
+        a, b = native.default._schema, triton.default._schema
+        assert [(x.name, str(x.type)) for x in a.arguments] == \
+            [(x.name, str(x.type)) for x in b.arguments]
+        assert [str(r.type) for r in a.returns] == [str(r.type) for r in b.returns]
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])

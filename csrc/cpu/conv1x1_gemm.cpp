@@ -27,9 +27,6 @@ at::Tensor channel_rows(const at::Tensor& t) {
   return t.reshape({t.size(0), t.size(1), -1});
 }
 
-// The 2-D (C_out_active, C_in_active) view of a 1x1 weight block.
-at::Tensor matrix(const at::Tensor& w_block) { return w_block.select(3, 0).select(2, 0); }
-
 // Places the gradient of the subsampled pixels into a zero (N, C, H, W) tensor.
 at::Tensor unsubsample(const at::Tensor& g, const ConvProblem& p, at::MemoryFormat fmt) {
   if (!strided(p)) return g;
@@ -44,23 +41,27 @@ bool gemm_applies(const ConvProblem& p) {
   return p.kernel_h == 1 && p.kernel_w == 1 && p.padding[0] == 0 && p.padding[1] == 0;
 }
 
-at::Tensor conv1x1_forward(const at::Tensor& x, const at::Tensor& w_block,
-                           const at::Tensor& bias_block, const ConvProblem& p) {
-  const auto w = matrix(w_block);
+at::Tensor conv1x1_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias_block,
+                           const ConvProblem& p) {
   const auto xs = subsample(x, p);
   if (channels_last(x)) {
     const auto rows = pixel_rows(xs);
     auto y = bias_block.defined() ? at::addmm(bias_block, rows, w.t()) : at::mm(rows, w.t());
     return y.view({p.batch, p.out_height, p.out_width, p.out_channels}).permute({0, 3, 1, 2});
   }
-  auto y = at::bmm(w.expand({p.batch, p.out_channels, p.in_channels}), channel_rows(xs));
-  if (bias_block.defined()) y.add_(bias_block.view({1, -1, 1}));
+  at::Tensor y;
+  if (p.batch == 1 && xs.is_contiguous()) {  // one product, no batch of one (batch-1 inference)
+    const auto rows = xs.view({p.in_channels, p.out_height * p.out_width});
+    y = bias_block.defined() ? at::addmm(bias_block.view({-1, 1}), w, rows) : at::mm(w, rows);
+  } else {
+    y = at::bmm(w.expand({p.batch, p.out_channels, p.in_channels}), channel_rows(xs));
+    if (bias_block.defined()) y.add_(bias_block.view({1, -1, 1}));
+  }
   return y.view({p.batch, p.out_channels, p.out_height, p.out_width});
 }
 
-at::Tensor conv1x1_grad_input(const at::Tensor& grad_out, const at::Tensor& w_block,
+at::Tensor conv1x1_grad_input(const at::Tensor& grad_out, const at::Tensor& w,
                               const ConvProblem& p, at::MemoryFormat fmt) {
-  const auto w = matrix(w_block);
   at::Tensor g;
   if (channels_last(grad_out)) {
     g = at::mm(pixel_rows(grad_out), w);

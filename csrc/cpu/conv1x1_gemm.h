@@ -7,6 +7,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "../blocks.h"
 #include "../conv_problem.h"
 
 namespace dvn::cpu {
@@ -14,12 +15,12 @@ namespace dvn::cpu {
 // True when the problem is a 1x1 convolution without padding (any stride).
 bool gemm_applies(const ConvProblem& p);
 
-// y = conv1x1(x, w_block) + bias_block; w_block is (C_out_active, C_in_active, 1, 1), any strides.
-at::Tensor conv1x1_forward(const at::Tensor& x, const at::Tensor& w_block,
-                           const at::Tensor& bias_block, const ConvProblem& p);
+// y = conv1x1(x, w) + bias_block; w is the (C_out_active, C_in_active) block_matrix, any strides.
+at::Tensor conv1x1_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias_block,
+                           const ConvProblem& p);
 
-// Compact grad of x, in layout `fmt`.
-at::Tensor conv1x1_grad_input(const at::Tensor& grad_out, const at::Tensor& w_block,
+// Compact grad of x, in layout `fmt`; w as for conv1x1_forward.
+at::Tensor conv1x1_grad_input(const at::Tensor& grad_out, const at::Tensor& w,
                               const ConvProblem& p, at::MemoryFormat fmt);
 
 // Compact (C_out_active, C_in_active, 1, 1) grad of the active weight block.

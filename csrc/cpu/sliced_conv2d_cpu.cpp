@@ -1,20 +1,21 @@
 // CPU kernels of dvn_kernels::sliced_conv2d and its backward.
 //
 // Only the active block is computed. 1x1 convolutions run as GEMMs on the weight's strided
-// view (conv1x1_gemm.cpp); other kernels run oneDNN (through ATen's convolution) on the active
-// block of the weight, which ATen packs per call: a copy of the active block only, small
-// beside the convolution itself (C_out*C_in*kh*kw versus N*P*Q times that in FLOPs). The
-// weight gradient is computed compact and written once into a full-size tensor whose inactive
-// part is zero-filled.
+// view (conv1x1_gemm.cpp); small single images run as im2col + GEMMs on the weight in place
+// (conv_im2col.cpp); other convolutions run oneDNN (through ATen's convolution) on the active
+// block of the weight, which ATen packs per call: a copy of the active block only, small beside
+// a convolution that large. The weight gradient is computed compact and written once into a
+// full-size tensor whose inactive part is zero-filled.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <array>
 #include <tuple>
 
+#include "../blocks.h"
 #include "../conv_problem.h"
-#include "../segments.h"
 #include "conv1x1_gemm.h"
+#include "conv_im2col.h"
 
 namespace dvn::cpu {
 namespace {
@@ -29,40 +30,53 @@ at::Tensor checked_bias(const std::optional<at::Tensor>& bias, const at::Tensor&
   return gather_channels(*bias, 0, p.out);
 }
 
+// `t` as ATen's CPU convolution can take it without crashing: NCHW instead of channels_last
+// when its height or width is 1. torch 2.14.1's oneDNN convolution kills the process with a
+// segmentation fault on some channels_last inputs of width 1 (1x1 kernel, bias, stride > 1,
+// padding, dilation, batch >= 2; found by fuzzing); the same call in NCHW runs correctly.
+// Mirrors dvn_kernels.channels.oneDNN_safe.
+bool degenerate_channels_last(const at::Tensor& t) {
+  return (t.size(2) == 1 || t.size(3) == 1) &&
+         follow_format(t) == at::MemoryFormat::ChannelsLast;
+}
+
+at::Tensor onednn_safe(const at::Tensor& t) {
+  return degenerate_channels_last(t) ? t.contiguous() : t;
+}
+
 void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), name, ": the cpu kernel needs CPU tensors, got ",
                     t.device());
 }
 
 at::Tensor forward(const at::Tensor& x, const at::Tensor& weight,
-                   const std::optional<at::Tensor>& bias, at::IntArrayRef in_segments,
-                   at::IntArrayRef out_segments, at::IntArrayRef stride, at::IntArrayRef padding,
-                   at::IntArrayRef dilation) {
+                   const std::optional<at::Tensor>& bias, c10::string_view spec) {
   check_cpu(x, "x");
   check_same_type(x, "x", weight, "weight");
-  const auto p = make_problem(x.sizes(), weight, in_segments, out_segments, stride, padding,
-                              dilation);
+  const auto p = make_problem(x.sizes(), weight, spec);
   const auto b = checked_bias(bias, weight, p);
   const auto fmt = follow_format(x);
   if (p.batch == 0) return at::empty(p.output_sizes(), x.options().memory_format(fmt));
-  const auto w = gather_block(weight, p.out, p.in);
   at::Tensor y;
   if (gemm_applies(p)) {
-    y = conv1x1_forward(x, w, b, p);
+    y = conv1x1_forward(x, block_matrix(weight, p.out, p.in), b, p);
+  } else if (im2col_applies(p, x, weight)) {
+    y = im2col_forward(x, weight, b, p);
   } else {
-    y = at::convolution(x, w, b, p.stride, p.padding, p.dilation, /*transposed=*/false,
-                        /*output_padding=*/{0, 0}, /*groups=*/1);
+    y = at::convolution(onednn_safe(x), gather_block(weight, p.out, p.in), b, p.stride,
+                        p.padding, p.dilation, /*transposed=*/false, /*output_padding=*/{0, 0},
+                        /*groups=*/1);
   }
   return y.contiguous(fmt);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-    at::IntArrayRef in_segments, at::IntArrayRef out_segments, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 3> output_mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_out,
+                                                        const at::Tensor& x,
+                                                        const at::Tensor& weight,
+                                                        c10::string_view spec,
+                                                        std::array<bool, 3> output_mask) {
   check_cpu(x, "x");
-  const auto p = make_backward_problem(grad_out, x, weight, in_segments, out_segments, stride,
-                                       padding, dilation);
+  const auto p = make_backward_problem(grad_out, x, weight, spec);
   const auto [need_x, need_w, need_b] = output_mask;
   const auto x_fmt = follow_format(x);
   at::Tensor gx, gw, gb;
@@ -71,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     gw = at::zeros({p.out_channels, p.in_channels, p.kernel_h, p.kernel_w}, weight.options());
     gb = at::zeros({p.out_channels}, weight.options());
   } else if (gemm_applies(p)) {
-    if (need_x) gx = conv1x1_grad_input(grad_out, gather_block(weight, p.out, p.in), p, x_fmt);
+    if (need_x) gx = conv1x1_grad_input(grad_out, block_matrix(weight, p.out, p.in), p, x_fmt);
     if (need_w) gw = conv1x1_grad_weight(grad_out, x, p);
     if (need_b) gb = grad_out.sum({0, 2, 3});
   } else {
@@ -83,9 +97,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const auto bias_sizes = need_b ? std::optional<at::IntArrayRef>(at::IntArrayRef(
                                          &p.out_channels, 1))
                                    : std::nullopt;
+    const bool nchw = degenerate_channels_last(x) || degenerate_channels_last(grad_out);
     std::tie(gx, gw, gb) = at::convolution_backward(
-        grad_out, x, w, bias_sizes, p.stride, p.padding, p.dilation, /*transposed=*/false,
-        /*output_padding=*/{0, 0}, /*groups=*/1, {need_x, need_w, need_b});
+        nchw ? grad_out.contiguous() : grad_out, nchw ? x.contiguous() : x, w, bias_sizes,
+        p.stride, p.padding, p.dilation, /*transposed=*/false, /*output_padding=*/{0, 0},
+        /*groups=*/1, {need_x, need_w, need_b});
   }
   // Outputs not asked for are distinct empty tensors (outputs must not alias).
   const auto none = [&] { return at::empty({0}, weight.options()); };

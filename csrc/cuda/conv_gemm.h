@@ -4,7 +4,7 @@
 //
 // Activations (x, y, grad_x, grad_y) are compact and dense NHWC (channels innermost); the
 // weight and its gradient are the FULL (C_out, C_in, R, S) tensors with arbitrary element
-// strides, addressed through segment maps (compact channel -> weight channel).
+// strides, addressed through their channel ranges (compact channel -> weight channel).
 //
 //   pass   GEMM M      GEMM N      GEMM K      A[m][k]            B[k][n]
 //   fprop  N*P*Q       K (out)     R*S*C       x (im2col)         weight[n][c][r][s]
@@ -17,25 +17,11 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define DVN_HD __host__ __device__ __forceinline__
-#else
-#define DVN_HD inline
-#endif
+#include "../channel_ranges.h"
 
 namespace dvn::cuda {
 
 enum class Pass : int { Fprop = 0, Dgrad = 1, Wgrad = 2 };
-
-// At most two segments, natively: compact channel c -> weight channel.
-// One segment: len0 = total, start1 unused.
-struct SegMap {
-  int32_t start0 = 0, len0 = 0, start1 = 0;
-};
-
-DVN_HD int32_t seg_phys(const SegMap& s, int32_t c) {
-  return c < s.len0 ? s.start0 + c : s.start1 + (c - s.len0);
-}
 
 struct Geometry {
   int32_t n = 0, h = 0, w = 0;  // batch, input height and width
@@ -45,14 +31,15 @@ struct Geometry {
   int32_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
 };
 
-// The full weight (or its gradient): element strides of (C_out, C_in, R, S) and segment maps.
+// The full weight (or its gradient): element strides of (C_out, C_in, R, S) and the active
+// channel ranges of each side (compact channel -> weight channel: ChannelRanges::physical).
 struct WeightView {
   int64_t stride[4] = {0, 0, 0, 0};
-  SegMap out, in;
+  ChannelRanges out, in;
 };
 
 DVN_HD int64_t weight_offset(const WeightView& wv, int32_t k, int32_t c, int32_t r, int32_t s) {
-  return int64_t(seg_phys(wv.out, k)) * wv.stride[0] + int64_t(seg_phys(wv.in, c)) * wv.stride[1] +
+  return int64_t(wv.out.physical(k)) * wv.stride[0] + int64_t(wv.in.physical(c)) * wv.stride[1] +
          int64_t(r) * wv.stride[2] + int64_t(s) * wv.stride[3];
 }
 
@@ -141,11 +128,11 @@ DVN_HD Fixed b_fixed(const Geometry& g, const WeightView& wv, int32_t n) {
   if constexpr (P == Pass::Fprop) {
     // n = output channel: base = its weight row.
     f.valid = n < g.k;
-    if (f.valid) f.base = int64_t(seg_phys(wv.out, n)) * wv.stride[0];
+    if (f.valid) f.base = int64_t(wv.out.physical(n)) * wv.stride[0];
   } else if constexpr (P == Pass::Dgrad) {
     // n = input channel: base = its weight column.
     f.valid = n < g.c;
-    if (f.valid) f.base = int64_t(seg_phys(wv.in, n)) * wv.stride[1];
+    if (f.valid) f.base = int64_t(wv.in.physical(n)) * wv.stride[1];
   } else {
     // n = (r, s, c): base = c, (y, x) = the tap's offset from a window's top-left pixel.
     f.valid = n < g.r * g.s * g.c;
@@ -166,14 +153,14 @@ DVN_HD bool b_moving(const Geometry& g, const WeightView& wv, const Fixed& f, in
     // kk = (r, s, c).
     if (!f.valid || kk >= g.r * g.s * g.c) return false;
     const int32_t c = kk % g.c, rs = kk / g.c, s = rs % g.s, r = rs / g.s;
-    *off = f.base + int64_t(seg_phys(wv.in, c)) * wv.stride[1] + int64_t(r) * wv.stride[2] +
+    *off = f.base + int64_t(wv.in.physical(c)) * wv.stride[1] + int64_t(r) * wv.stride[2] +
            int64_t(s) * wv.stride[3];
     return true;
   } else if constexpr (P == Pass::Dgrad) {
     // kk = (r, s, k).
     if (!f.valid || kk >= g.r * g.s * g.k) return false;
     const int32_t k = kk % g.k, rs = kk / g.k, s = rs % g.s, r = rs / g.s;
-    *off = f.base + int64_t(seg_phys(wv.out, k)) * wv.stride[0] + int64_t(r) * wv.stride[2] +
+    *off = f.base + int64_t(wv.out.physical(k)) * wv.stride[0] + int64_t(r) * wv.stride[2] +
            int64_t(s) * wv.stride[3];
     return true;
   } else {
@@ -203,19 +190,11 @@ DVN_HD bool b_offset(const Geometry& g, const WeightView& wv, int32_t kk, int32_
 // D into a (splits, M, N) workspace instead, reduced through wgrad_source.
 DVN_HD int64_t d_offset(int64_t gemm_n, int32_t m, int32_t n) { return int64_t(m) * gemm_n + n; }
 
-// The inverse of seg_phys: compact index of weight channel `phys`, or -1 when inactive.
-DVN_HD int32_t seg_compact(const SegMap& s, int32_t total, int32_t phys) {
-  if (phys >= s.start0 && phys < s.start0 + s.len0) return phys - s.start0;
-  const int32_t len1 = total - s.len0;
-  if (len1 > 0 && phys >= s.start1 && phys < s.start1 + len1) return s.len0 + (phys - s.start1);
-  return -1;
-}
-
 // wgrad's reduction walks the dense full weight gradient (C_out, C_in, R, S), stored contiguous
 // (KCRS) or channels_last (KRSC), element by element in memory order: element `i` takes
 // D[m][n] at m * N + n (the value this returns), or zero where it is outside the active block
 // (-1). So every element of the full gradient is written exactly once, by one kernel.
-DVN_HD int64_t wgrad_source(const Geometry& g, const SegMap& out, const SegMap& in,
+DVN_HD int64_t wgrad_source(const Geometry& g, const ChannelRanges& out, const ChannelRanges& in,
                             int32_t full_out, int32_t full_in, bool channels_last, int64_t i) {
   int64_t k, c, r, s;
   if (channels_last) {
@@ -228,7 +207,7 @@ DVN_HD int64_t wgrad_source(const Geometry& g, const SegMap& out, const SegMap& 
     c = i % full_in; k = i / full_in;
   }
   if (k >= full_out) return -1;
-  const int32_t kc = seg_compact(out, g.k, int32_t(k)), cc = seg_compact(in, g.c, int32_t(c));
+  const int32_t kc = out.compact(int32_t(k)), cc = in.compact(int32_t(c));
   if (kc < 0 || cc < 0) return -1;
   return int64_t(kc) * (int64_t(g.r) * g.s * g.c) + (r * g.s + s) * g.c + cc;
 }
@@ -242,10 +221,6 @@ DVN_HD int64_t wgrad_source(const Geometry& g, const SegMap& out, const SegMap& 
 // hence one zero-or-valid predicate. For the weight it also needs unit channel stride and
 // segments that start and end on multiples of `vec`.
 
-DVN_HD bool seg_aligned(const SegMap& s, int32_t total, int32_t vec) {
-  return s.start0 % vec == 0 && s.len0 % vec == 0 && s.start1 % vec == 0 && total % vec == 0;
-}
-
 // Vector loads of A (activations, dense NHWC compact): the channels A's run goes over.
 inline bool a_vectorizable(Pass pass, const Geometry& g, uintptr_t ptr, int32_t vec) {
   const int32_t channels = pass == Pass::Fprop ? g.c : g.k;
@@ -258,7 +233,7 @@ inline bool b_vectorizable(Pass pass, const Geometry& g, const WeightView& wv, u
   if (vec <= 1 || ptr % 16 != 0 || g.c % vec != 0) return false;
   if (pass == Pass::Wgrad) return true;
   return wv.stride[1] == 1 && wv.stride[0] % vec == 0 && wv.stride[2] % vec == 0 &&
-         wv.stride[3] % vec == 0 && seg_aligned(wv.in, g.c, vec);
+         wv.stride[3] % vec == 0 && wv.in.aligned(vec);
 }
 
 // --- Split-K of wgrad --------------------------------------------------------------------------

@@ -418,7 +418,7 @@ __global__ void __launch_bounds__(kThreads) conv_gemm_kernel(const ConvGemmParam
       if constexpr (P == Pass::Fprop) {
         if (p.bias != nullptr) {
           const T* bias = static_cast<const T*>(p.bias);
-          v += Num<T>::to_acc(bias[int64_t(seg_phys(p.w.out, n)) * p.bias_stride]);
+          v += Num<T>::to_acc(bias[int64_t(p.w.out.physical(n)) * p.bias_stride]);
         }
       }
       static_cast<T*>(p.d)[d_offset(shape.n, m, n)] = Num<T>::from_acc(v);

@@ -5,9 +5,8 @@
 // made channels_last-contiguous here (free when they already are: a copy of an NCHW input), and
 // results come back in the layout the input had (a copy back for NCHW). The full weight is read
 // in place with its own strides; the full weight gradient is allocated here (dense, in the
-// weight's layout) and written once by the wgrad reduction. One or two segments per side run
-// natively; more segments run on a gathered copy of the active weight block (a copy of the
-// block only), the weight gradient computed compact and scattered into the full tensor.
+// weight's layout) and written once by the wgrad reduction. Every side has one or two channel
+// ranges (dvn_kernels gathers more before dispatch), read in place.
 // float32 uses TF32 tensor cores when torch.backends.cudnn.allow_tf32 is True (PyTorch's
 // default for convolutions), exact float32 FMAs otherwise.
 #include <ATen/ATen.h>
@@ -23,8 +22,8 @@
 #include <limits>
 #include <tuple>
 
+#include "../blocks.h"
 #include "../conv_problem.h"
-#include "../segments.h"
 #include "cuda_check.h"
 #include "sliced_conv2d_kernels.h"
 
@@ -66,40 +65,13 @@ void poison(at::Tensor& t) {
   }
 }
 
-SegMap seg_map(const Segments& s) {
-  SegMap m;
-  m.start0 = int32_t(s[0].start);
-  m.len0 = int32_t(s[0].length);
-  m.start1 = s.size() > 1 ? int32_t(s[1].start) : 0;
-  return m;
-}
-
-// The weight the kernels read and its segment maps: the full weight in place (<= 2 segments per
-// side) or a gathered copy of the active block (identity maps).
-struct KernelWeight {
-  at::Tensor tensor;
+// The full weight as the kernels read it: in place, with its strides and channel ranges.
+WeightView weight_view(const at::Tensor& weight, const ConvProblem& p) {
   WeightView view;
-  bool gathered = false;
-};
-
-KernelWeight kernel_weight(const at::Tensor& weight, const ConvProblem& p, bool need_values) {
-  KernelWeight w;
-  w.gathered = p.in.size() > 2 || p.out.size() > 2;
-  if (w.gathered) {
-    w.tensor = need_values ? gather_block(weight, p.out, p.in).contiguous(at::MemoryFormat::ChannelsLast)
-                           : at::Tensor();
-    w.view.out = {0, int32_t(p.out_channels), 0};
-    w.view.in = {0, int32_t(p.in_channels), 0};
-    if (w.tensor.defined()) {
-      for (int i = 0; i < 4; ++i) w.view.stride[i] = w.tensor.stride(i);
-    }
-  } else {
-    w.tensor = weight;
-    w.view.out = seg_map(p.out);
-    w.view.in = seg_map(p.in);
-    for (int i = 0; i < 4; ++i) w.view.stride[i] = weight.stride(i);
-  }
-  return w;
+  view.out = p.out;
+  view.in = p.in;
+  for (int i = 0; i < 4; ++i) view.stride[i] = weight.stride(i);
+  return view;
 }
 
 // The kernels index GEMM rows, columns and reduction steps with 32-bit integers.
@@ -150,34 +122,29 @@ at::Tensor checked_bias(const std::optional<at::Tensor>& bias, const at::Tensor&
 }
 
 at::Tensor forward(const at::Tensor& x, const at::Tensor& weight,
-                   const std::optional<at::Tensor>& bias, at::IntArrayRef in_segments,
-                   at::IntArrayRef out_segments, at::IntArrayRef stride, at::IntArrayRef padding,
-                   at::IntArrayRef dilation) {
+                   const std::optional<at::Tensor>& bias, c10::string_view spec) {
   check_cuda(x, "x");
   check_same_type(x, "x", weight, "weight");
-  const auto p = make_problem(x.sizes(), weight, in_segments, out_segments, stride, padding,
-                              dilation);
+  const auto p = make_problem(x.sizes(), weight, spec);
   const DType dtype = kernel_dtype(x);
-  auto b = checked_bias(bias, weight);
+  const auto b = checked_bias(bias, weight);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto fmt = follow_format(x);
   if (p.batch == 0) return at::empty(p.output_sizes(), x.options().memory_format(fmt));
   ConvGemmParams prm;
   prm.g = checked_geometry(p);
-  const auto w = kernel_weight(weight, p, /*need_values=*/true);
-  if (b.defined() && w.gathered) b = gather_channels(b, 0, p.out);
   const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   auto y = at::empty(p.output_sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
   poison(y);
   const int vec = elements_per_16_bytes(x);
-  prm.w = w.view;
+  prm.w = weight_view(weight, p);
   prm.a = xc.data_ptr();
-  prm.b = w.tensor.data_ptr();
+  prm.b = weight.data_ptr();
   prm.d = y.data_ptr();
   prm.bias = b.defined() ? b.data_ptr() : nullptr;
   prm.bias_stride = b.defined() ? b.stride(0) : 0;
   prm.vec_a = a_vectorizable(Pass::Fprop, prm.g, address(xc), vec);
-  prm.vec_b = b_vectorizable(Pass::Fprop, prm.g, w.view, address(w.tensor), vec);
+  prm.vec_b = b_vectorizable(Pass::Fprop, prm.g, prm.w, address(weight), vec);
   DVN_CUDA_CHECK(launch_fprop(prm, dtype, math_for(dtype), c10::cuda::getCurrentCUDAStream()),
                  "the sliced_conv2d forward kernel");
   return y.contiguous(fmt);
@@ -187,16 +154,15 @@ at::Tensor grad_input(const at::Tensor& gyc, const at::Tensor& x, const at::Tens
                       const ConvProblem& p, DType dtype) {
   ConvGemmParams prm;
   prm.g = checked_geometry(p);
-  const auto w = kernel_weight(weight, p, /*need_values=*/true);
   auto dx = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
   poison(dx);
   const int vec = elements_per_16_bytes(x);
-  prm.w = w.view;
+  prm.w = weight_view(weight, p);
   prm.a = gyc.data_ptr();
-  prm.b = w.tensor.data_ptr();
+  prm.b = weight.data_ptr();
   prm.d = dx.data_ptr();
   prm.vec_a = a_vectorizable(Pass::Dgrad, prm.g, address(gyc), vec);
-  prm.vec_b = b_vectorizable(Pass::Dgrad, prm.g, w.view, address(w.tensor), vec);
+  prm.vec_b = b_vectorizable(Pass::Dgrad, prm.g, prm.w, address(weight), vec);
   DVN_CUDA_CHECK(launch_dgrad(prm, dtype, math_for(dtype), c10::cuda::getCurrentCUDAStream()),
                  "the sliced_conv2d grad-input kernel");
   return dx.contiguous(follow_format(x));
@@ -206,8 +172,7 @@ at::Tensor grad_weight(const at::Tensor& gyc, const at::Tensor& x, const at::Ten
                        const ConvProblem& p, DType dtype) {
   ConvGemmParams prm;
   prm.g = checked_geometry(p);
-  const auto w = kernel_weight(weight, p, /*need_values=*/false);
-  prm.w = w.view;
+  prm.w = weight_view(weight, p);
   const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   const GemmShape shape = gemm_shape(Pass::Wgrad, prm.g);
   const int64_t tiles = ((shape.m + kBlockM - 1) / kBlockM) * ((shape.n + kBlockN - 1) / kBlockN);
@@ -219,32 +184,30 @@ at::Tensor grad_weight(const at::Tensor& gyc, const at::Tensor& x, const at::Ten
                              int32_t(std::min<int64_t>(64, by_memory)));
   auto workspace = at::empty({prm.split.splits, shape.m, shape.n}, x.options().dtype(acc_type));
   poison(workspace);
-  // The dense full gradient (or, when gathered, the dense compact block).
-  auto gw = w.gathered ? at::empty({p.out_channels, p.in_channels, p.kernel_h, p.kernel_w},
-                                   weight.options())
-                       : at::empty(weight.sizes(), weight.options().memory_format(follow_format(weight)));
+  // The dense full gradient, in the weight's layout.
+  auto gw = at::empty(weight.sizes(), weight.options().memory_format(follow_format(weight)));
   poison(gw);
-  const bool channels_last = !w.gathered && follow_format(weight) == at::MemoryFormat::ChannelsLast;
+  const bool channels_last = follow_format(weight) == at::MemoryFormat::ChannelsLast;
   const int vec = elements_per_16_bytes(x);
   prm.a = gyc.data_ptr();
   prm.b = xc.data_ptr();
   prm.d = workspace.data_ptr();
   prm.vec_a = a_vectorizable(Pass::Wgrad, prm.g, address(gyc), vec);
-  prm.vec_b = b_vectorizable(Pass::Wgrad, prm.g, w.view, address(xc), vec);
+  prm.vec_b = b_vectorizable(Pass::Wgrad, prm.g, prm.w, address(xc), vec);
   DVN_CUDA_CHECK(launch_wgrad(prm, dtype, math_for(dtype), gw.data_ptr(), int32_t(gw.size(0)),
                               int32_t(gw.size(1)), channels_last,
                               c10::cuda::getCurrentCUDAStream()),
                  "the sliced_conv2d grad-weight kernels");
-  return w.gathered ? scatter_block(gw, weight, p.out, p.in) : gw;
+  return gw;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-    at::IntArrayRef in_segments, at::IntArrayRef out_segments, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 3> output_mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_out,
+                                                        const at::Tensor& x,
+                                                        const at::Tensor& weight,
+                                                        c10::string_view spec,
+                                                        std::array<bool, 3> output_mask) {
   check_cuda(x, "x");
-  const auto p = make_backward_problem(grad_out, x, weight, in_segments, out_segments, stride,
-                                       padding, dilation);
+  const auto p = make_backward_problem(grad_out, x, weight, spec);
   const DType dtype = kernel_dtype(x);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto [need_x, need_w, need_b] = output_mask;

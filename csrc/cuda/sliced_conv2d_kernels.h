@@ -45,7 +45,7 @@ cudaError_t launch_dgrad(const ConvGemmParams& p, DType t, Math math, cudaStream
 // wgrad: partial products into `p.d`, a (split.splits, K, R*S*C) workspace of float32 (float64
 // for float64), then a deterministic sum over the splits written into `grad_w`, the dense full
 // weight gradient (full_out, full_in, R, S), contiguous or channels_last: the active block
-// (segment maps p.w.out / p.w.in) gets the sums, every other element zero.
+// (channel ranges p.w.out / p.w.in) gets the sums, every other element zero.
 cudaError_t launch_wgrad(const ConvGemmParams& p, DType t, Math math, void* grad_w,
                          int32_t full_out, int32_t full_in, bool channels_last,
                          cudaStream_t stream);

@@ -1,6 +1,6 @@
 // Gradient of the full weight: split-K implicit GEMM of the active block into a workspace, then
 // a deterministic reduction over the splits that writes the whole dense gradient once (the
-// active block through the segment maps, zeros elsewhere).
+// active block through the channel ranges, zeros elsewhere).
 #include "conv_gemm_kernel.cuh"
 
 namespace dvn::cuda {

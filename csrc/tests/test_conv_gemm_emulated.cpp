@@ -20,6 +20,7 @@ namespace dvn::cuda::detail {
 alignas(128) unsigned char smem_raw[160 * 1024];
 }  // namespace dvn::cuda::detail
 
+using dvn::ChannelRanges;
 using namespace dvn::cuda;
 
 namespace {
@@ -89,17 +90,18 @@ void run_pass(const ConvGemmParams& p) {
   run_grid(grid, [&] { detail::conv_gemm_kernel<T, P, kTensorCores>(p); });
 }
 
-SegMap random_segments(Rng& rng, int total, int full, int align, bool two) {
-  SegMap s;
+ChannelRanges random_segments(Rng& rng, int total, int full, int align, bool two) {
+  ChannelRanges s;
   if (!two || total < 2 * align) {
     s.start0 = align * rng.range(0, (full - total) / align);
-    s.len0 = total;
+    s.length0 = total;
     return s;
   }
-  s.len0 = align * rng.range(1, total / align - 1);
+  s.length0 = align * rng.range(1, total / align - 1);
+  s.length1 = total - s.length0;
   const int gap = align * rng.range(1, (full - total) / align);
   s.start0 = align * rng.range(0, (full - total - gap) / align);
-  s.start1 = s.start0 + s.len0 + gap;
+  s.start1 = s.start0 + s.length0 + gap;
   return s;
 }
 
@@ -137,14 +139,15 @@ void run_case(Rng& rng, int index) {
     wv.stride[0] = ci * r * s; wv.stride[1] = r * s; wv.stride[2] = s; wv.stride[3] = 1;
   }
   const bool gw_channels_last = rng.range(0, 1);
-  char name[200];
+  char name[256];
   std::snprintf(name, sizeof name,
                 "case %d (%s%s): n=%d c=%d k=%d hw=%dx%d rs=%dx%d stride=%d,%d pad=%d,%d "
-                "dil=%d,%d in=(%d,%d|%d) out=(%d,%d|%d) w_cl=%d",
+                "dil=%d,%d in=(%d,%d|%d,%d) out=(%d,%d|%d,%d) w_cl=%d",
                 index, sizeof(T) == 2 ? "bf16" : sizeof(T) == 4 ? "f32" : "f64",
                 kTensorCores ? " tc" : " fma", g.n, g.c, g.k, g.h, g.w, g.r, g.s, g.stride_h,
-                g.stride_w, g.pad_h, g.pad_w, g.dil_h, g.dil_w, wv.in.start0, wv.in.len0,
-                wv.in.start1, wv.out.start0, wv.out.len0, wv.out.start1, int(w_channels_last));
+                g.stride_w, g.pad_h, g.pad_w, g.dil_h, g.dil_w, wv.in.start0, wv.in.length0,
+                wv.in.start1, wv.in.length1, wv.out.start0, wv.out.length0, wv.out.start1,
+                wv.out.length1, int(w_channels_last));
 
   // Inputs, rounded to T; the reference sees the rounded values.
   const size_t nx = size_t(g.n) * g.h * g.w * g.c, ny = size_t(g.n) * g.p * g.q * g.k;
@@ -166,7 +169,7 @@ void run_case(Rng& rng, int index) {
       for (int q = 0; q < g.q; ++q)
         for (int k = 0; k < g.k; ++k) {
           const size_t yi = ((size_t(n) * g.p + p) * g.q + q) * g.k + k;
-          y_ref[yi] += to_double(bias[seg_phys(wv.out, k)]);
+          y_ref[yi] += to_double(bias[wv.out.physical(k)]);
           for (int rr = 0; rr < g.r; ++rr)
             for (int ss = 0; ss < g.s; ++ss) {
               const int h = p * g.stride_h - g.pad_h + rr * g.dil_h;
@@ -267,7 +270,7 @@ void run_case(Rng& rng, int index) {
       for (int c = 0; c < g.c; ++c)
         for (int rr = 0; rr < g.r; ++rr)
           for (int ss = 0; ss < g.s; ++ss)
-            want[weight_offset(dense, seg_phys(wv.out, k), seg_phys(wv.in, c), rr, ss)] =
+            want[weight_offset(dense, wv.out.physical(k), wv.in.physical(c), rr, ss)] =
                 gw_ref[((size_t(k) * g.c + c) * g.r + rr) * g.s + ss];
     compare(gw, want, std::string("grad weight (splits ") + std::to_string(prm.split.splits) +
                           ", vec " + char('0' + prm.vec_a) + char('0' + prm.vec_b) + ")");

@@ -15,6 +15,7 @@
 
 #include "cuda/conv_gemm.h"
 
+using dvn::ChannelRanges;
 using namespace dvn::cuda;
 
 namespace {
@@ -40,20 +41,18 @@ struct Rng {
 
 // A random map of `total` compact channels into `full` weight channels: one or two segments,
 // starts (and lengths) multiples of `align`.
-SegMap random_segments(Rng& rng, int total, int full, int align, bool two) {
-  SegMap s;
+ChannelRanges random_segments(Rng& rng, int total, int full, int align, bool two) {
+  ChannelRanges s;
   if (!two || total < 2 * align) {
     s.start0 = align * rng.range(0, (full - total) / align);
-    s.len0 = total;
-    s.start1 = 0;
+    s.length0 = total;
     return s;
   }
-  s.len0 = align * rng.range(1, total / align - 1);
-  const int len1 = total - s.len0;
+  s.length0 = align * rng.range(1, total / align - 1);
+  s.length1 = total - s.length0;
   const int gap = align * rng.range(1, (full - total) / align);  // >= 1 channel between them
   s.start0 = align * rng.range(0, (full - total - gap) / align);
-  s.start1 = s.start0 + s.len0 + gap;
-  (void)len1;
+  s.start1 = s.start0 + s.length0 + gap;
   return s;
 }
 
@@ -114,10 +113,11 @@ Case random_case(Rng& rng, int index) {
   char buf[256];
   std::snprintf(buf, sizeof buf,
                 "case %d: n=%d c=%d k=%d hw=%dx%d rs=%dx%d stride=%d,%d pad=%d,%d dil=%d,%d "
-                "in=(%d,%d|%d) out=(%d,%d|%d) vec=%d",
+                "in=(%d,%d|%d,%d) out=(%d,%d|%d,%d) vec=%d",
                 index, g.n, g.c, g.k, g.h, g.w, g.r, g.s, g.stride_h, g.stride_w, g.pad_h,
-                g.pad_w, g.dil_h, g.dil_w, cs.w.in.start0, cs.w.in.len0, cs.w.in.start1,
-                cs.w.out.start0, cs.w.out.len0, cs.w.out.start1, cs.vec);
+                g.pad_w, g.dil_h, g.dil_w, cs.w.in.start0, cs.w.in.length0, cs.w.in.start1,
+                cs.w.in.length1, cs.w.out.start0, cs.w.out.length0, cs.w.out.start1,
+                cs.w.out.length1, cs.vec);
   cs.name = buf;
   return cs;
 }
@@ -275,10 +275,10 @@ void run_case(const Case& cs, Rng& rng) {
     for (int k = 0; k < cs.full_out; ++k)
       for (int c = 0; c < cs.full_in; ++c) {
         WeightView id;  // identity maps: physical channels
-        id.out = {0, cs.full_out, 0};
-        id.in = {0, cs.full_in, 0};
+        id.out = {0, cs.full_out, 0, 0};
+        id.in = {0, cs.full_in, 0, 0};
         for (int i = 0; i < 4; ++i) id.stride[i] = dense.stride[i];
-        const int32_t kc = seg_compact(cs.w.out, g.k, k), cc = seg_compact(cs.w.in, g.c, c);
+        const int32_t kc = cs.w.out.compact(k), cc = cs.w.in.compact(c);
         for (int r = 0; r < g.r; ++r)
           for (int s = 0; s < g.s; ++s) {
             const double got = gw[size_t(weight_offset(id, k, c, r, s))];
@@ -287,8 +287,8 @@ void run_case(const Case& cs, Rng& rng) {
             expect(close(got, want), cs.name + ": wgrad (full gradient)");
           }
       }
-    for (int c = 0; c < g.c; ++c) expect(seg_compact(cs.w.in, g.c, seg_phys(cs.w.in, c)) == c,
-                                         cs.name + ": seg_compact inverts seg_phys");
+    for (int c = 0; c < g.c; ++c) expect(cs.w.in.compact(cs.w.in.physical(c)) == c,
+                                         cs.name + ": compact() inverts physical()");
   }
   // Vector runs, where the launch-time checks allow them (pointer alignment assumed).
   const int pad = 8;  // GEMM padded past its edges: tiles overhang

@@ -1,12 +1,12 @@
 // C++-level checks of the library built by CMake: the ops are registered, agree with a
-// dense convolution of the gathered weight, differentiate, and reject bad segments.
+// dense convolution of the gathered weight, differentiate, and reject bad specs.
 #include <torch/torch.h>
 
 #include <cstdlib>
 #include <iostream>
 #include <string>
 
-#include "segments.h"
+#include "blocks.h"
 
 namespace {
 
@@ -20,14 +20,14 @@ void expect(bool ok, const std::string& what) {
 }
 
 at::Tensor sliced_conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
-                         std::vector<int64_t> in, std::vector<int64_t> out) {
+                         const std::string& in, const std::string& out) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("dvn_kernels::sliced_conv2d", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
-                                         const std::optional<at::Tensor>&, at::IntArrayRef,
-                                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
-                                         at::IntArrayRef)>();
-  return op.call(x, w, b, in, out, {1, 1}, {1, 1}, {1, 1});
+                                         const std::optional<at::Tensor>&, c10::string_view)>();
+  const std::string spec =
+      "in=" + in + " out=" + out + " stride=1,1 padding=1,1 dilation=1,1 groups=1";
+  return op.call(x, w, b, spec);
 }
 
 }  // namespace
@@ -37,14 +37,12 @@ int main() {
   auto w = torch::randn({11, 13, 3, 3}, torch::dtype(torch::kDouble).requires_grad(true));
   auto b = torch::randn({11}, torch::dtype(torch::kDouble).requires_grad(true));
   auto x = torch::randn({2, 7, 9, 9}, torch::dtype(torch::kDouble).requires_grad(true));
-  const std::vector<int64_t> in = {1, 3, 9, 4}, out = {2, 2, 6, 5};
-
-  auto y = sliced_conv2d(x, w, b, in, out);
-  auto idx = [](std::vector<int64_t> v) {
-    return torch::cat({torch::arange(v[0], v[0] + v[1]), torch::arange(v[2], v[2] + v[3])});
-  };
-  auto w_active = w.index_select(0, idx(out)).index_select(1, idx(in));
-  auto expected = torch::conv2d(x, w_active, b.index_select(0, idx(out)), 1, 1);
+  // Input channels 1..3 and 9..12, output channels 2..3 and 6..10.
+  auto y = sliced_conv2d(x, w, b, "1:4,9:13", "2:4,6:11");
+  const auto in_idx = torch::cat({torch::arange(1, 4), torch::arange(9, 13)});
+  const auto out_idx = torch::cat({torch::arange(2, 4), torch::arange(6, 11)});
+  auto w_active = w.index_select(0, out_idx).index_select(1, in_idx);
+  auto expected = torch::conv2d(x, w_active, b.index_select(0, out_idx), 1, 1);
   expect(torch::allclose(y, expected), "forward equals conv2d of the gathered weight");
 
   auto g = torch::randn_like(y);
@@ -54,17 +52,27 @@ int main() {
     expect(torch::allclose(grads[i], want[i]), "gradient " + std::to_string(i));
   }
 
-  bool threw = false;
-  try {
-    sliced_conv2d(x, w, b, {9, 4, 1, 3}, out);
-  } catch (const c10::ValueError& e) {
-    threw = std::string(e.what()).find("in_segments") != std::string::npos;
-  }
-  expect(threw, "unsorted segments raise a ValueError naming in_segments");
+  const auto raises = [&](const std::string& in, const std::string& out, const std::string& what) {
+    try {
+      sliced_conv2d(x, w, b, in, out);
+    } catch (const c10::ValueError& e) {
+      return std::string(e.what()).find(what) != std::string::npos;
+    }
+    return false;
+  };
+  expect(raises("9:13,1:4", "2:4,6:11", "spec"), "unsorted ranges raise a ValueError naming spec");
+  expect(raises("1:4,9:14", "2:4,6:11", "in_segments"),
+         "a range past the weight's channels raises a ValueError naming in_segments");
+  expect(raises("1:4,5:6,9:13", "2:4", "at most two ranges"), "three ranges are refused");
+  expect(raises("1:4 x", "2:4", "spec"), "a malformed spec raises a ValueError naming spec");
 
-  const auto gaps = dvn::complement(dvn::parse_segments(std::vector<int64_t>{1, 3, 9, 4}, 13, "s"), 13);
-  expect(gaps.size() == 2 && gaps[0].start == 0 && gaps[1].start == 4 && gaps[1].length == 5,
-         "complement of segments");
+  // scatter_block writes the block and zero-fills the rest.
+  dvn::ChannelRanges out_r{2, 2, 6, 5}, in_r{1, 3, 9, 4};
+  const auto block = torch::ones({7, 7, 3, 3}, torch::kDouble);
+  const auto full = dvn::scatter_block(block, w.detach(), out_r, in_r);
+  expect(full.sum().item<double>() == 7 * 7 * 9 &&
+             full.index_select(0, out_idx).index_select(1, in_idx).min().item<double>() == 1,
+         "scatter_block places the block and zeros elsewhere");
 
   if (failures == 0) std::cout << "dvn_kernels C++ tests passed\n";
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;

@@ -125,12 +125,12 @@ def launcher(kernel, sample: torch.Tensor):
     return torch.library.wrap_triton(kernel)
 
 
-def channel_align(c_in: int, c_out: int, ins, outs) -> int:
-    """Largest power of two <= 16 dividing the active widths and every segment scalar: the
-    kernels receive those in units of it (a constexpr), so unit sizes that are multiples of
-    16 all share one compiled kernel and still get aligned, vectorised loads."""
+def channel_align(*values: int) -> int:
+    """Largest power of two <= 16 dividing the active widths and every segment scalar given:
+    the kernels receive those in units of it (a constexpr), so unit sizes that are multiples
+    of 16 all share one compiled kernel and still get aligned, vectorised loads."""
     align = 16
-    for v in (c_in, c_out, ins.s0, ins.l0, ins.s1, outs.s0, outs.l0, outs.s1):
+    for v in values:
         while int(v) % align:
             align //= 2
     return align

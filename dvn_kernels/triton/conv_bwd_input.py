@@ -19,7 +19,8 @@ import triton.language as tl
 
 from . import configs
 from .common import channel, swizzle
-from .segments import Segs, gemm_layout
+from ..segments import ChannelSegments
+from .segments import gemm_layout, kernel_ranges
 
 _NO_SPECIALIZE = ["C_IN_U", "C_OUT_U", "in_s0_u", "in_l0_u", "in_s1_u", "out_s0_u", "out_l0_u",
                   "out_s1_u", "M_BUCKET", "N_BUCKET", "K_BUCKET"]
@@ -169,9 +170,9 @@ def _dgrad_reduce_kernel(ws, gx, MC, H, W, HC, WC, C_IN, sxn, sxc, sxh, sxw,
               STRIDE_H, STRIDE_W)
 
 
-def conv_grad_input(grad_y: torch.Tensor, weight: torch.Tensor, ins: Segs, outs: Segs,
-                    gx: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int],
-                    dilation: tuple[int, int], precision: str,
+def conv_grad_input(grad_y: torch.Tensor, weight: torch.Tensor, ins: ChannelSegments,
+                    outs: ChannelSegments, gx: torch.Tensor, stride: tuple[int, int],
+                    padding: tuple[int, int], dilation: tuple[int, int], precision: str,
                     split_k: Optional[int] = None) -> None:
     """Writes the input gradient into ``gx`` (compact, any strides)."""
     n, c_in, h, w_ = gx.shape
@@ -195,17 +196,19 @@ def conv_grad_input(grad_y: torch.Tensor, weight: torch.Tensor, ins: Segs, outs:
         return (triton.cdiv(mc, meta["BLOCK_M"]) * triton.cdiv(c_in, meta["BLOCK_N"]), classes,
                 split_k)
 
-    align = configs.channel_align(c_in, c_out, ins, outs)
+    in_s0, in_l0, in_s1, two_in = kernel_ranges(ins)
+    out_s0, out_l0, out_s1, two_out = kernel_ranges(outs)
+    align = configs.channel_align(c_in, c_out, in_s0, in_l0, in_s1, out_s0, out_l0, out_s1)
     configs.launcher(_dgrad_kernel, ws)[grid](
         grad_y, weight, gx, ws, n, h, w_, c_in // align, p, q, c_out // align, hc, wc,
         *grad_y.stride(), *weight.stride(), *gx.stride(),
-        ins.s0 // align, ins.l0 // align, ins.s1 // align, outs.s0 // align, outs.l0 // align,
-        outs.s1 // align,
+        in_s0 // align, in_l0 // align, in_s1 // align, out_s0 // align, out_l0 // align,
+        out_s1 // align,
         *stride, *padding, *dilation, sh // math.gcd(sh, dilation[0]),
         sw // math.gcd(sw, dilation[1]),
         split_k, configs.bucket(mc * classes), configs.bucket(c_in),
         configs.bucket(c_out),
-        KH=kh, KW=kw, ALIGN=align, TWO_IN=ins.two, TWO_OUT=outs.two, UNIT_STRIDE=stride == (1, 1),
+        KH=kh, KW=kw, ALIGN=align, TWO_IN=two_in, TWO_OUT=two_out, UNIT_STRIDE=stride == (1, 1),
         DIRECT=split_k == 1, CHANNELS_LAST=gemm_layout(gx), PRECISION=precision)
     if split_k > 1:
         reduce = configs.launcher(_dgrad_reduce_kernel, ws)

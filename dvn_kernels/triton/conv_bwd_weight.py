@@ -17,7 +17,8 @@ import triton.language as tl
 
 from . import configs
 from .common import channel, swizzle
-from .segments import Segs, gemm_layout
+from ..segments import ChannelSegments
+from .segments import gemm_layout, kernel_ranges
 
 _NO_SPECIALIZE = ["C_IN_U", "C_OUT_U", "in_s0_u", "in_l0_u", "in_s1_u", "out_s0_u", "out_l0_u",
                   "out_s1_u", "M_BUCKET", "N_BUCKET", "K_BUCKET"]
@@ -123,9 +124,9 @@ def _wgrad_reduce_kernel(ws, gw, C_IN, C_OUT, TAPS, swo, swi, swh, sww, in_s0, i
               in_s1, out_s0, out_l0, out_s1, KW, TWO_IN, TWO_OUT)
 
 
-def conv_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, ins: Segs, outs: Segs,
-                     gw: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int],
-                     dilation: tuple[int, int], precision: str,
+def conv_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, ins: ChannelSegments,
+                     outs: ChannelSegments, gw: torch.Tensor, stride: tuple[int, int],
+                     padding: tuple[int, int], dilation: tuple[int, int], precision: str,
                      split_k: Optional[int] = None) -> None:
     """Writes the active block of the weight gradient into the full-shape ``gw``."""
     n, c_in, h, w_ = x.shape
@@ -144,19 +145,21 @@ def conv_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, ins: Segs, outs: Seg
         return (triton.cdiv(c_out, meta["BLOCK_M"]) * kh * kw
                 * triton.cdiv(c_in, meta["BLOCK_N"]), 1, split_k)
 
-    align = configs.channel_align(c_in, c_out, ins, outs)
+    in_s0, in_l0, in_s1, two_in = kernel_ranges(ins)
+    out_s0, out_l0, out_s1, two_out = kernel_ranges(outs)
+    align = configs.channel_align(c_in, c_out, in_s0, in_l0, in_s1, out_s0, out_l0, out_s1)
     configs.launcher(_wgrad_kernel, ws)[grid](
         grad_y, x, gw, ws, n, h, w_, c_in // align, p, q, c_out // align,
         *grad_y.stride(), *x.stride(), *gw.stride(),
-        ins.s0 // align, ins.l0 // align, ins.s1 // align, outs.s0 // align, outs.l0 // align,
-        outs.s1 // align,
+        in_s0 // align, in_l0 // align, in_s1 // align, out_s0 // align, out_l0 // align,
+        out_s1 // align,
         *stride, *padding, *dilation,
         split_k, configs.bucket(c_out), configs.bucket(c_in), configs.bucket(npq),
-        KH=kh, KW=kw, ALIGN=align, TWO_IN=ins.two, TWO_OUT=outs.two, NO_PAD=padding == (0, 0),
+        KH=kh, KW=kw, ALIGN=align, TWO_IN=two_in, TWO_OUT=two_out, NO_PAD=padding == (0, 0),
         DIRECT=split_k == 1, CHANNELS_LAST=gemm_layout(x), PRECISION=precision)
     if split_k > 1:
         reduce = configs.launcher(_wgrad_reduce_kernel, ws)
         reduce[(triton.cdiv(c_out, 64), triton.cdiv(kh * kw * c_in, 64))](
-            ws, gw, c_in, c_out, kh * kw, *gw.stride(), ins.s0, ins.l0, ins.s1,
-            outs.s0, outs.l0, outs.s1, split_k, KW=kw, TWO_IN=ins.two, TWO_OUT=outs.two,
+            ws, gw, c_in, c_out, kh * kw, *gw.stride(), in_s0, in_l0, in_s1,
+            out_s0, out_l0, out_s1, split_k, KW=kw, TWO_IN=two_in, TWO_OUT=two_out,
             BLOCK_M=64, BLOCK_N=64)

@@ -17,7 +17,8 @@ import triton.language as tl
 
 from . import configs
 from .common import channel, swizzle
-from .segments import Segs, gemm_layout
+from ..segments import ChannelSegments
+from .segments import gemm_layout, kernel_ranges
 
 _NO_SPECIALIZE = ["C_IN_U", "C_OUT_U", "in_s0_u", "in_l0_u", "in_s1_u", "out_s0_u", "out_l0_u",
                   "out_s1_u", "M_BUCKET", "N_BUCKET", "K_BUCKET"]
@@ -128,8 +129,9 @@ def _fwd_reduce_kernel(ws, b, y, M, C_OUT, P, Q, syn, syc, syh, syw, out_s0, out
 
 
 def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                 ins: Segs, outs: Segs, y: torch.Tensor, stride: tuple[int, int],
-                 padding: tuple[int, int], dilation: tuple[int, int], precision: str,
+                 ins: ChannelSegments, outs: ChannelSegments, y: torch.Tensor,
+                 stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
+                 precision: str,
                  split_k: Optional[int] = None) -> None:
     """Writes the forward result into ``y`` (compact, any strides). ``ins``/``outs`` hold at
     most two ranges each; ``split_k`` overrides the heuristic (tests)."""
@@ -151,19 +153,21 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(c_out, meta["BLOCK_N"]), 1,
                 split_k)
 
-    align = configs.channel_align(c_in, c_out, ins, outs)
+    in_s0, in_l0, in_s1, two_in = kernel_ranges(ins)
+    out_s0, out_l0, out_s1, two_out = kernel_ranges(outs)
+    align = configs.channel_align(c_in, c_out, in_s0, in_l0, in_s1, out_s0, out_l0, out_s1)
     configs.launcher(_fwd_kernel, ws)[grid](
         x, weight, b, y, ws, n, h, w_, c_in // align, p, q, c_out // align,
         *x.stride(), *weight.stride(), *y.stride(),
-        ins.s0 // align, ins.l0 // align, ins.s1 // align, outs.s0 // align, outs.l0 // align,
-        outs.s1 // align,
+        in_s0 // align, in_l0 // align, in_s1 // align, out_s0 // align, out_l0 // align,
+        out_s1 // align,
         *stride, *padding, *dilation,
         split_k, configs.bucket(m), configs.bucket(c_out), configs.bucket(c_in),
-        KH=kh, KW=kw, ALIGN=align, TWO_IN=ins.two, TWO_OUT=outs.two, HAS_BIAS=bias is not None,
+        KH=kh, KW=kw, ALIGN=align, TWO_IN=two_in, TWO_OUT=two_out, HAS_BIAS=bias is not None,
         NO_PAD=padding == (0, 0), DIRECT=split_k == 1, CHANNELS_LAST=gemm_layout(x),
         PRECISION=precision)
     if split_k > 1:
         reduce = configs.launcher(_fwd_reduce_kernel, ws)
         reduce[(triton.cdiv(m, 64), triton.cdiv(c_out, 64))](
-            ws, b, y, m, c_out, p, q, *y.stride(), outs.s0, outs.l0, outs.s1, split_k,
-            TWO_OUT=outs.two, HAS_BIAS=bias is not None, BLOCK_M=64, BLOCK_N=64)
+            ws, b, y, m, c_out, p, q, *y.stride(), out_s0, out_l0, out_s1, split_k,
+            TWO_OUT=two_out, HAS_BIAS=bias is not None, BLOCK_M=64, BLOCK_N=64)

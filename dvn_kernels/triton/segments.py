@@ -1,45 +1,21 @@
-"""Host-side segment handling: at most two ranges per side go to the kernels as scalars.
-
-More than two ranges per side (possible with k >= 5 units) take a correct but copying path:
-the weight block of that side is gathered into a compact copy (one range), and for the weight
-gradient the compact block is scattered back; see ``op``.
-"""
+"""Host-side helpers of the Triton launchers: segments as kernel scalars, the layout key."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class Segs:
-    """One or two channel ranges as kernel scalars: (s0, l0) and, when ``two``, s1."""
-
-    s0: int
-    l0: int
-    s1: int
-    two: bool
-    total: int
-
-    @staticmethod
-    def of(flat: Sequence[int]) -> "Segs":
-        if len(flat) == 2:
-            return Segs(flat[0], flat[1], 0, False, flat[1])
-        if len(flat) == 4:
-            return Segs(flat[0], flat[1], flat[2], True, flat[1] + flat[3])
-        raise ValueError(f"segments: the kernels take one or two ranges, got {list(flat)}")
+from ..segments import ChannelSegments
 
 
-def native(flat: Sequence[int]) -> bool:
-    """Whether the kernels address these ranges in place (one or two ranges)."""
-    return len(flat) in (2, 4)
-
-
-def compact(total: int) -> tuple[int, int]:
-    """The single range covering a gathered (compact) side."""
-    return (0, total)
+def kernel_ranges(segments: ChannelSegments) -> tuple[int, int, int, bool]:
+    """(s0, l0, s1, two) of one or two ranges: compact channel v lives at v + s0 when
+    v < l0, else at v - l0 + s1 (see common.channel)."""
+    flat = segments.flat()
+    if len(flat) == 2:
+        return flat[0], flat[1], 0, False
+    if len(flat) == 4:
+        return flat[0], flat[1], flat[2], True
+    raise ValueError(f"segments: the kernels take one or two ranges, got {segments!r}")
 
 
 def gemm_layout(x: torch.Tensor) -> bool:

@@ -1,0 +1,320 @@
+"""Plans: everything about one sliced convolution that does not depend on the data, checked once.
+
+A :class:`ConvPlan` holds the weight's shape, the active channel segments of both sides, the
+geometry, and the spec string the kernels take. ``conv_plan`` builds and validates it and
+memoises it on its arguments; a model layer keeps one plan per configuration, so its hot path
+is a lookup and one op call (see ``ops.planned_conv2d``).
+
+The kernel ops take at most two ranges per side. A side with more ranges (possible with five or
+more units) is gathered before dispatch: the plan lists its channels, the weight side is copied
+compact (``index_select``, whose gradient scatters back) and the kernels see one range there.
+
+The spec string (parsed in C++ by csrc/conv_problem.cpp and here by ``parse_spec``)::
+
+    "in=0:16,32:48 out=0:16 stride=1,1 padding=1,1 dilation=1,1 groups=1"
+
+holds half-open channel ranges start:stop of the weight and (height, width) pairs.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional, Union
+
+import torch
+
+from .segments import ChannelSegments, SegmentsLike, as_segments
+
+IntPair = Union[int, tuple[int, int], list[int]]
+KERNEL_RANGES = 2  # ranges per side the kernels address in place
+
+
+def _pair(value: IntPair, name: str, minimum: int) -> tuple[int, int]:
+    items = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        if isinstance(items, (str, bytes, bool)):
+            raise TypeError
+        a, b = (operator.index(v) for v in items)  # type: ignore[union-attr]
+        if any(isinstance(v, bool) for v in items):  # type: ignore[union-attr]
+            raise TypeError
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}") from None
+    if a < minimum or b < minimum:
+        raise ValueError(f"{name}: values must be >= {minimum}, got {value!r}")
+    return a, b
+
+
+def _padding(value: Union[IntPair, str], kernel: tuple[int, int], stride: tuple[int, int],
+             dilation: tuple[int, int]) -> tuple[int, int]:
+    if value == "valid":
+        return 0, 0
+    if value == "same":
+        if stride != (1, 1):
+            raise ValueError(f"padding: 'same' needs stride 1, got stride={stride}")
+        total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        if any(t % 2 for t in total):
+            raise ValueError(f"padding: 'same' needs an even dilation*(kernel-1) per dimension "
+                             f"to pad symmetrically, got {tuple(total)}; pass explicit padding")
+        return total[0] // 2, total[1] // 2
+    if isinstance(value, str):
+        raise ValueError(f"padding: expected an int, a pair, 'same' or 'valid', got {value!r}")
+    return _pair(value, "padding", 0)
+
+
+def _ranges_text(segments: ChannelSegments) -> str:
+    flat = segments.flat()
+    return ",".join(f"{flat[i]}:{flat[i] + flat[i + 1]}" for i in range(0, len(flat), 2))
+
+
+def format_spec(ins: ChannelSegments, outs: ChannelSegments, stride: tuple[int, int],
+                padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> str:
+    """The kernels' spec string (at most two ranges per side)."""
+    return (f"in={_ranges_text(ins)} out={_ranges_text(outs)} stride={stride[0]},{stride[1]} "
+            f"padding={padding[0]},{padding[1]} dilation={dilation[0]},{dilation[1]} "
+            f"groups={groups}")
+
+
+class KernelSpec(NamedTuple):
+    """A parsed spec string: what a kernel op was asked to compute."""
+
+    in_segments: ChannelSegments
+    out_segments: ChannelSegments
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+
+_RANGES = r"(\d+:\d+(?:,\d+:\d+)?)"
+_PAIR = r"(\d+),(\d+)"
+_SPEC = re.compile(rf"in={_RANGES} out={_RANGES} stride={_PAIR} padding={_PAIR} "
+                   rf"dilation={_PAIR} groups=(\d+)")
+
+
+def _parse_ranges(text: str, name: str) -> ChannelSegments:
+    pairs = []
+    for part in text.split(","):
+        start, stop = (int(v) for v in part.split(":"))
+        if stop <= start:
+            raise ValueError(f"spec: {name} range {start}:{stop} is empty or reversed")
+        pairs.append((start, stop - start))
+    return ChannelSegments(pairs, name=name)
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_spec(spec: str) -> KernelSpec:
+    """The parts of a spec string (used by the fake implementations and the Triton ops)."""
+    match = _SPEC.fullmatch(spec) if isinstance(spec, str) else None
+    if match is None:
+        raise ValueError(f"spec: expected 'in=S:E[,S:E] out=S:E[,S:E] stride=H,W padding=H,W "
+                         f"dilation=H,W groups=G', got {spec!r}")
+    g = match.groups()
+    stride, padding, dilation = ((int(g[i]), int(g[i + 1])) for i in (2, 4, 6))
+    return KernelSpec(_parse_ranges(g[0], "in_segments"), _parse_ranges(g[1], "out_segments"),
+                      stride, padding, dilation, int(g[8]))
+
+
+def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Spatial output size of a convolution along one dimension."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def output_shape(x_shape: Sequence[int], weight_shape: Sequence[int], out_channels: int,
+                 stride: Sequence[int], padding: Sequence[int],
+                 dilation: Sequence[int]) -> list[int]:
+    """The compact output's shape (N, out_channels, P, Q)."""
+    n, _, h, w = x_shape
+    kh, kw = weight_shape[2], weight_shape[3]
+    return [n, out_channels, output_size(h, kh, stride[0], padding[0], dilation[0]),
+            output_size(w, kw, stride[1], padding[1], dilation[1])]
+
+
+@dataclass(frozen=True, eq=False)
+class ConvPlan:
+    """A checked sliced convolution for one weight shape: made by ``conv_plan``, run by
+    ``planned_conv2d``.
+
+    ``in_gather`` / ``out_gather`` list the weight channels of a side with more than two
+    ranges (None otherwise); ``spec`` is what the kernel ops take.
+    """
+
+    weight_shape: tuple[int, int, int, int]
+    in_segments: ChannelSegments
+    out_segments: ChannelSegments
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    spec: str
+    in_gather: Optional[tuple[int, ...]]
+    out_gather: Optional[tuple[int, ...]]
+    min_size: tuple[int, int]  # smallest input height and width the geometry admits
+    in_total: int  # active input channels: x's channel count
+    out_total: int  # active output channels
+    _indices: dict = field(default_factory=dict, repr=False)  # (side, device) -> index tensor
+
+    def output_shape(self, x_shape: Sequence[int]) -> list[int]:
+        return output_shape(x_shape, self.weight_shape, self.out_total, self.stride,
+                            self.padding, self.dilation)
+
+    def _index(self, side: int, device: torch.device) -> torch.Tensor:
+        key = (side, device)
+        index = self._indices.get(key)
+        if index is None:
+            channels = self.out_gather if side == 0 else self.in_gather
+            index = torch.tensor(channels, dtype=torch.long, device=device)
+            self._indices[key] = index
+        return index
+
+    def kernel_operands(self, weight: torch.Tensor, bias: Optional[torch.Tensor]
+                        ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Weight and bias as the kernel ops take them: as given, or with each side of more
+        than two ranges gathered compact (differentiably; the gradient scatters back)."""
+        if self.out_gather is not None:
+            index = self._index(0, weight.device)
+            weight = weight.index_select(0, index)
+            bias = bias.index_select(0, index) if bias is not None else None
+        if self.in_gather is not None:
+            weight = weight.index_select(1, self._index(1, weight.device))
+        return weight, bias
+
+    def check_inputs(self, x: torch.Tensor, weight: torch.Tensor,
+                     bias: Optional[torch.Tensor]) -> None:
+        """Raises TypeError/ValueError naming the argument unless the tensors fit this plan.
+
+        Straight-line attribute checks (about a microsecond); the messages are built only
+        when a check fails.
+        """
+        if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)
+                and (bias is None or isinstance(bias, torch.Tensor))):
+            self._type_error(x, weight, bias)
+        dtype, device = weight.dtype, weight.device
+        x_shape = x.shape
+        if (weight.shape != self.weight_shape or len(x_shape) != 4
+                or x_shape[1] != self.in_total or x.dtype != dtype or x.device != device
+                or x_shape[2] < self.min_size[0] or x_shape[3] < self.min_size[1]
+                or not weight.is_floating_point()
+                or (bias is not None and (bias.shape != self.weight_shape[:1]
+                                          or bias.dtype != dtype or bias.device != device))):
+            self._value_error(x, weight, bias)
+
+    @staticmethod
+    def _type_error(x: object, weight: object, bias: object) -> None:
+        for name, t in (("x", x), ("weight", weight)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        raise TypeError(f"bias: expected a torch.Tensor or None, got {type(bias).__name__}")
+
+    def _value_error(self, x: torch.Tensor, weight: torch.Tensor,
+                     bias: Optional[torch.Tensor]) -> None:
+        if not weight.is_floating_point():
+            raise TypeError(f"weight: expected a floating point dtype, got {weight.dtype}")
+        if tuple(weight.shape) != self.weight_shape:
+            raise ValueError(f"weight: expected shape {self.weight_shape} (the plan's), got "
+                             f"{tuple(weight.shape)}")
+        if x.dim() != 4:
+            raise ValueError(f"x: expected a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+        others = [("x", x)] + ([("bias", bias)] if bias is not None else [])
+        for name, t in others:
+            if t.dtype != weight.dtype:
+                raise TypeError(f"{name}: dtype {t.dtype} does not match weight's dtype "
+                                f"{weight.dtype}")
+            if t.device != weight.device:
+                raise ValueError(f"{name}: device {t.device} does not match weight's device "
+                                 f"{weight.device}")
+        if bias is not None and tuple(bias.shape) != self.weight_shape[:1]:
+            raise ValueError(f"bias: expected shape ({self.weight_shape[0]},) matching weight's "
+                             f"C_out, got {tuple(bias.shape)}")
+        if x.shape[1] != self.in_total:
+            raise ValueError(f"x: has {x.shape[1]} channels but in_segments select "
+                             f"{self.in_total} ({self.in_segments!r})")
+        for dim, size, smallest, pad in zip("HW", x.shape[2:], self.min_size, self.padding):
+            if size < smallest:
+                raise ValueError(f"x: padded {dim} size {size + 2 * pad} is smaller than the "
+                                 f"dilated kernel size {smallest + 2 * pad}")
+        raise AssertionError("check_inputs found a problem that _value_error did not name")
+
+
+def _kernel_side(segments: ChannelSegments) -> tuple[ChannelSegments, Optional[tuple[int, ...]]]:
+    if segments.num_ranges <= KERNEL_RANGES:
+        return segments, None
+    return ChannelSegments.full(segments.total), tuple(segments.indices())
+
+
+def _make_plan(weight_shape: Sequence[int], in_segments: SegmentsLike,
+               out_segments: SegmentsLike, stride: IntPair, padding: Union[IntPair, str],
+               dilation: IntPair, groups: int) -> ConvPlan:
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"groups: expected an int, got {groups!r}")
+    if groups != 1:
+        raise NotImplementedError(f"groups: only groups=1 is supported by sliced_conv2d, "
+                                  f"got groups={groups!r}")
+    shape = tuple(int(v) for v in weight_shape)
+    if len(shape) != 4:
+        raise ValueError(f"weight: expected a 4-D (C_out, C_in, kh, kw) tensor, got shape {shape}")
+    c_out, c_in, kh, kw = shape
+    ins = as_segments(in_segments, "in_segments")
+    outs = as_segments(out_segments, "out_segments")
+    ins.check_within(c_in, "in_segments", f"weight (C_in={c_in})")
+    outs.check_within(c_out, "out_segments", f"weight (C_out={c_out})")
+    stride_ = _pair(stride, "stride", 1)
+    dilation_ = _pair(dilation, "dilation", 1)
+    padding_ = _padding(padding, (kh, kw), stride_, dilation_)
+    min_size = tuple(d * (k - 1) + 1 - 2 * p for k, p, d in zip((kh, kw), padding_, dilation_))
+    kernel_ins, in_gather = _kernel_side(ins)
+    kernel_outs, out_gather = _kernel_side(outs)
+    spec = format_spec(kernel_ins, kernel_outs, stride_, padding_, dilation_, groups)
+    return ConvPlan(shape, ins, outs, stride_, padding_, dilation_, groups, spec, in_gather,
+                    out_gather, min_size, ins.total, outs.total)  # type: ignore[arg-type]
+
+
+_PLANS: dict[tuple, ConvPlan] = {}
+_PLANS_LIMIT = 4096
+
+
+def _plain(value: object) -> bool:
+    """An int, a str or a tuple of ints, excluding bools (True == 1 would alias in a key)."""
+    t = type(value)
+    return t is int or t is str or (t is tuple and all(type(v) is int for v in value))
+
+
+def _key(weight_shape: Sequence[int], in_segments: object, out_segments: object,
+         stride: object, padding: object, dilation: object, groups: object) -> Optional[tuple]:
+    """The memo key of conv_plan's arguments, or None when they cannot be one."""
+    if (type(in_segments) is ChannelSegments and type(out_segments) is ChannelSegments
+            and type(groups) is int and (type(stride) is int or _plain(stride))
+            and (type(padding) is int or _plain(padding))
+            and (type(dilation) is int or _plain(dilation))):
+        return (tuple(weight_shape), in_segments, out_segments, stride, padding, dilation,
+                groups)
+    return None
+
+
+def conv_plan(weight_shape: Sequence[int], in_segments: SegmentsLike,
+              out_segments: SegmentsLike, *, stride: IntPair = 1,
+              padding: Union[IntPair, str] = 0, dilation: IntPair = 1,
+              groups: int = 1) -> ConvPlan:
+    """The checked plan of a sliced convolution of a ``weight_shape`` weight; raises
+    TypeError/ValueError naming the bad argument.
+
+    Memoised on its arguments when they are hashable (ChannelSegments, ints, tuples, str):
+    a repeated call costs a dict lookup.
+    """
+    if torch.compiler.is_compiling():  # traced once into the graph; no cache to guard on
+        return _make_plan(weight_shape, in_segments, out_segments, stride, padding, dilation,
+                          groups)
+    key = _key(weight_shape, in_segments, out_segments, stride, padding, dilation, groups)
+    if key is not None:
+        plan = _PLANS.get(key)
+        if plan is not None:
+            return plan
+    plan = _make_plan(weight_shape, in_segments, out_segments, stride, padding, dilation, groups)
+    if key is not None:
+        if len(_PLANS) >= _PLANS_LIMIT:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
