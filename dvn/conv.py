@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import dvn_kernels
 from dvn_kernels.channels import take_channels
 
-from .networks import Active
+from .networks import Active, current_selection
 from .units import UnitLayout, UnitSpec
 
 
@@ -22,7 +22,11 @@ class SlicedConv2d(nn.Conv2d):
     layouts (``in_units``/``out_units``: a count of equal units, explicit sizes, a UnitLayout,
     or None for an unsplit side such as RGB input) and the default ``backend``. ``forward(x)``
     uses every unit and equals ``nn.Conv2d``; ``forward(x, active)`` takes compact ``x`` (the
-    active input units' channels) and returns the active output units' channels.
+    active input units' channels) and returns the active output units' channels. Without
+    ``active``, the selection of an enclosing ``dvn.networks.selected`` block applies.
+
+    Each unit set's convolution is checked once and kept as a plan (``plan``): a call looks
+    the plan up and runs the op, with no per-call argument checks in Python.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
@@ -44,8 +48,7 @@ class SlicedConv2d(nn.Conv2d):
         self._pre_pad = padding_mode != "zeros" or (
             padding == "same" and any(p % 2 for p in self._padding_total()))
         self._op_padding: Union[str, tuple[int, ...]] = 0 if self._pre_pad else self.padding
-        # Set only by VirtualModel for the duration of one call (see dvn.convert).
-        self.scoped_active: Optional[Active] = None
+        self._plans: dict[Optional[tuple[int, ...]], dvn_kernels.ConvPlan] = {}
 
     def _padding_total(self) -> list[int]:
         return [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
@@ -55,18 +58,30 @@ class SlicedConv2d(nn.Conv2d):
         units = None if active is None else active.unit_set
         return self.in_layout.segments(units), self.out_layout.segments(units)
 
+    def plan(self, active: Optional[Active]) -> dvn_kernels.ConvPlan:
+        """The checked convolution of a selection's units (every unit for None), made on first
+        use and kept."""
+        units = None if active is None else active.unit_set
+        plan = None if torch.compiler.is_compiling() else self._plans.get(units)
+        if plan is None:
+            ins, outs = self.segments(active)
+            plan = dvn_kernels.conv_plan(self.weight.shape, ins, outs, stride=self.stride,
+                                         padding=self._op_padding, dilation=self.dilation)
+            if not torch.compiler.is_compiling():
+                self._plans[units] = plan
+        return plan
+
     def forward(self, x: torch.Tensor, active: Optional[Active] = None) -> torch.Tensor:
-        active = active if active is not None else self.scoped_active
-        ins, outs = self.segments(active)
+        if active is None:
+            active = current_selection()
+        plan = self._plans.get(None if active is None else active.unit_set)
+        if plan is None or torch.compiler.is_compiling():
+            plan = self.plan(active)
         if self._pre_pad:
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
-        backend = active.backend if active is not None and active.backend != "auto" \
-            else self.backend
-        return dvn_kernels.sliced_conv2d(x, self.weight, self.bias, in_segments=ins,
-                                         out_segments=outs, stride=self.stride,
-                                         padding=self._op_padding, dilation=self.dilation,
-                                         backend=backend)
+        backend = self.backend if active is None or active.backend == "auto" else active.backend
+        return dvn_kernels.planned_conv2d(plan, x, self.weight, self.bias, backend)
 
     def export(self, active: Optional[Active]) -> nn.Conv2d:
         """A plain nn.Conv2d holding a copy of this selection's weight block."""

@@ -7,9 +7,10 @@ Conv2d layers become SlicedConv2d (inputs with ``unsplit_in_channels`` channels,
 stay whole), BatchNorm2d layers SlicedBatchNorm2d (every configuration starts from the
 original statistics and affine parameters of its channels), Linear layers SlicedLinear
 (classifiers on pooled features: inputs split into units, outputs whole). The model's own
-forward code runs unchanged: ``VirtualModel`` hands the selection to its sliced layers for the
-duration of one call (``scoped_active``, cleared afterwards), so one model object is not to be
-called from several threads at once.
+forward code runs unchanged: ``VirtualModel`` hands the selection to its sliced layers through
+a context variable (``dvn.networks.selected``) for the duration of one call. Context variables
+are per thread (and per asyncio task), so one model object serves concurrent calls with
+different (task, level) correctly.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn as nn
 
 from .conv import SlicedConv2d
 from .heads import SlicedLinear
-from .networks import VirtualNetworks
+from .networks import VirtualNetworks, selected
 from .norm import SlicedBatchNorm2d
 
 SLICED = (SlicedConv2d, SlicedBatchNorm2d, SlicedLinear)
@@ -40,15 +41,8 @@ class VirtualModel(nn.Module):
         self.networks = networks
 
     def forward(self, x, task: int, level: int, backend: Optional[str] = None):
-        active = self.networks.active(task, level, backend or "auto")
-        layers = [m for m in self.module.modules() if isinstance(m, SLICED)]
-        for m in layers:
-            m.scoped_active = active
-        try:
+        with selected(self.networks.active(task, level, backend or "auto")):
             return self.module(x)
-        finally:
-            for m in layers:
-                m.scoped_active = None
 
     def export(self, task: int, level: int, fold_bn: bool = False) -> nn.Module:
         """A copy of the wrapped model with every sliced layer replaced by its plain export."""

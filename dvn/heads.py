@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from dvn_kernels.channels import take_channels
 
-from .networks import Active, VirtualNetworks
+from .networks import Active, VirtualNetworks, current_selection
 from .units import UnitLayout, UnitSpec
 
 
@@ -62,10 +62,10 @@ class SlicedLinear(nn.Linear):
                  dtype=None, *, in_units: UnitSpec = None) -> None:
         super().__init__(in_features, out_features, bias, device, dtype)
         self.in_layout = UnitLayout.of(in_features, in_units)
-        self.scoped_active: Optional[Active] = None  # set by VirtualModel during a call
 
     def forward(self, x: torch.Tensor, active: Optional[Active] = None) -> torch.Tensor:
-        active = active if active is not None else self.scoped_active
+        if active is None:
+            active = current_selection()
         ins = self.in_layout.segments(None if active is None else active.unit_set)
         if x.shape[-1] != ins.total:
             raise ValueError(f"x: has {x.shape[-1]} features but the active units select "

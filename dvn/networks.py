@@ -9,8 +9,12 @@ lower ID (k = 4: task 1 -> 1,2,3,4; task 2 -> 2,1,3,4; task 3 -> 3,2,4,1; task 4
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Optional
+
+import torch
 
 
 def paper_order(task: int, units: int) -> tuple[int, ...]:
@@ -20,21 +24,49 @@ def paper_order(task: int, units: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Active:
-    """One (task, level) selection as the layers see it: its units and the conv backend."""
+    """One (task, level) selection as the layers see it: its units and the conv backend.
+
+    Layers look their per-configuration state up by ``unit_set`` (plans) or ``key`` (batch
+    norm, heads) on every call, so both are computed once here, as is the hash.
+    """
 
     task: int
     level: int
     units: tuple[int, ...]  # in the task's order: units[:l] is level l
     backend: str = "auto"
+    key: str = field(init=False, repr=False, compare=False)
+    unit_set: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        """Name of this configuration's private modules (batch norm, heads)."""
-        return f"t{self.task}_l{self.level}"
+    def __post_init__(self) -> None:
+        # key: name of this configuration's private modules (batch norm, heads).
+        object.__setattr__(self, "key", f"t{self.task}_l{self.level}")
+        object.__setattr__(self, "unit_set", tuple(sorted(self.units)))
+        object.__setattr__(self, "_hash", hash((self.task, self.level, self.units,
+                                                self.backend)))
 
-    @property
-    def unit_set(self) -> tuple[int, ...]:
-        return tuple(sorted(self.units))
+    def __hash__(self) -> int:
+        return self._hash
+
+
+_SELECTED: ContextVar[Optional[Active]] = ContextVar("dvn_selected", default=None)
+
+
+@contextmanager
+def selected(active: Optional[Active]) -> Iterator[None]:
+    """Makes ``active`` the selection of layers called without one, for this thread (or
+    asyncio task) only, until the block ends: concurrent calls with different selections on
+    one model object do not see each other's."""
+    token = _SELECTED.set(active)
+    try:
+        yield
+    finally:
+        _SELECTED.reset(token)
+
+
+def current_selection() -> Optional[Active]:
+    """The selection set by the innermost ``selected`` block of this context, or None."""
+    return _SELECTED.get()
 
 
 class VirtualNetworks:
@@ -69,6 +101,7 @@ class VirtualNetworks:
             if tasks is not None and tasks != len(parsed):
                 raise ValueError(f"tasks: {tasks} does not match the {len(parsed)} orders given")
             self.orders = tuple(parsed)
+        self._active: dict[tuple[int, int, str], Active] = {}
 
     @property
     def tasks(self) -> int:
@@ -91,9 +124,21 @@ class VirtualNetworks:
         return self.orders[task - 1]
 
     def active(self, task: int, level: int, backend: str = "auto") -> Active:
-        """The selection of task ``task`` at level ``level`` (both 1-based)."""
-        self.check(task, level)
-        return Active(task, level, self.orders[task - 1][:level], backend)
+        """The selection of task ``task`` at level ``level`` (both 1-based); made once per
+        (task, level, backend) and reused (a dict lookup on the hot path)."""
+        compiling = torch.compiler.is_compiling()  # traced once: no cache to guard on
+        try:
+            selection = None if compiling else self._active.get((task, level, backend))
+        except TypeError:  # unhashable arguments: check() names them
+            selection = None
+        if selection is None:
+            self.check(task, level)
+            if not isinstance(backend, str):
+                raise TypeError(f"backend: expected a string, got {type(backend).__name__}")
+            selection = Active(task, level, self.orders[task - 1][:level], backend)
+            if not compiling and type(task) is int and type(level) is int:  # True == 1 aliases
+                self._active[(task, level, backend)] = selection
+        return selection
 
     def configs(self) -> Iterator[tuple[int, int]]:
         """Every (task, level), task-major."""

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .networks import Active, VirtualNetworks
+from .networks import Active, VirtualNetworks, current_selection
 from .units import UnitLayout, UnitSpec
 
 
@@ -26,7 +26,6 @@ class SlicedBatchNorm2d(nn.Module):
         super().__init__()
         self.layout = UnitLayout.of(num_features, units)
         self.num_features = num_features
-        self.scoped_active: Optional[Active] = None  # set by VirtualModel during a call
         self.norms = nn.ModuleDict()
         for task, level in networks.configs():
             active = networks.active(task, level)
@@ -45,8 +44,12 @@ class SlicedBatchNorm2d(nn.Module):
                              f"{active.level} in this layer") from None
 
     def forward(self, x: torch.Tensor, active: Optional[Active] = None) -> torch.Tensor:
-        active = active if active is not None else self.scoped_active
-        bn = self.norm(active)
+        if active is None:
+            active = current_selection()
+        # The hot path reads the ModuleDict's dict directly; norm() explains a missing entry.
+        bn = self.norms._modules.get(active.key) if active is not None else None
+        if bn is None:
+            bn = self.norm(active)
         if x.dim() != 4 or x.shape[1] != bn.num_features:
             raise ValueError(f"x: expected (N, {bn.num_features}, H, W) for task {active.task} "
                              f"at level {active.level}, got {tuple(x.shape)}")

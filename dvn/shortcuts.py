@@ -21,6 +21,12 @@ def pad_units(x: torch.Tensor, in_sizes: Sequence[int], out_sizes: Sequence[int]
         x = F.avg_pool2d(x, stride, stride, ceil_mode=True, count_include_pad=False)
     if list(in_sizes) == list(out_sizes):
         return x
+    if len(set(in_sizes)) == 1 and len(set(out_sizes)) == 1:
+        # Equal units: pad the unit axis of an (N, units, unit channels, H, W) view, one op.
+        n, _, h, w = x.shape
+        units = x.reshape(n, len(in_sizes), in_sizes[0], h, w)
+        padded = F.pad(units, (0, 0, 0, 0, 0, out_sizes[0] - in_sizes[0]))
+        return padded.reshape(n, sum(out_sizes), h, w)
     parts = []
     for chunk, size in zip(torch.split(x, list(in_sizes), dim=1), out_sizes):
         parts.append(F.pad(chunk, (0, 0, 0, 0, 0, size - chunk.shape[1])))
@@ -40,10 +46,19 @@ class UnitPad(nn.Module):
             raise ValueError(f"units: a zero-padding shortcut cannot shrink units "
                              f"{list(in_layout.sizes)} -> {list(out_layout.sizes)}")
         self.in_layout, self.out_layout, self.stride = in_layout, out_layout, stride
+        self._sizes: dict[Optional[tuple[int, ...]], tuple[list[int], list[int]]] = {}
 
     def sizes(self, active: Optional[Active]) -> tuple[list[int], list[int]]:
-        units = range(1, (self.in_layout.count or 1) + 1) if active is None else active.unit_set
-        return self.in_layout.unit_sizes(units), self.out_layout.unit_sizes(units)
+        """(input unit sizes, output unit sizes) of a selection's units; kept per unit set."""
+        key = None if active is None else active.unit_set
+        compiling = torch.compiler.is_compiling()  # traced once: no cache to guard on
+        sizes = None if compiling else self._sizes.get(key)
+        if sizes is None:
+            units = range(1, (self.in_layout.count or 1) + 1) if key is None else key
+            sizes = self.in_layout.unit_sizes(units), self.out_layout.unit_sizes(units)
+            if not compiling:
+                self._sizes[key] = sizes
+        return sizes
 
     def forward(self, x: torch.Tensor, active: Optional[Active] = None) -> torch.Tensor:
         in_sizes, out_sizes = self.sizes(active)

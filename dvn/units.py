@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Optional, Union
 
+import torch
+
 from dvn_kernels import ChannelSegments, segments_from_units, split_channels
 
 UnitSpec = Union[None, int, Sequence[int], "UnitLayout"]
@@ -71,14 +73,16 @@ class UnitLayout:
         if self.sizes is None or units is None:
             return ChannelSegments.full(self.channels)
         key = tuple(sorted(units))
-        cached = self._cache.get(key)
+        compiling = torch.compiler.is_compiling()  # traced once: no cache to guard on
+        cached = None if compiling else self._cache.get(key)
         if cached is None:
             for u in key:
                 if not 1 <= u <= len(self.sizes):
                     raise ValueError(f"units: unit {u} does not exist in a layer of "
                                      f"{len(self.sizes)} units (units are 1..{len(self.sizes)})")
             cached = segments_from_units(self.sizes, [u - 1 for u in key])
-            self._cache[key] = cached
+            if not compiling:
+                self._cache[key] = cached
         return cached
 
     def width(self, units: Optional[Iterable[int]]) -> int:

@@ -77,8 +77,44 @@ def test_every_level_equals_its_masked_twin_and_its_export():
         (gx,) = torch.autograd.grad(y.sum(), [x])
         (gx_twin,) = torch.autograd.grad(twin(x, task=task, level=level).sum(), [x])
         torch.testing.assert_close(gx, gx_twin, rtol=1e-8, atol=1e-9)
-    # After a call the layers hold no selection: a direct call uses every unit again.
-    assert all(getattr(m, "scoped_active", None) is None for m in vm.modules())
+    # After a call no selection is left behind: a direct call uses every unit again.
+    assert dvn.networks.current_selection() is None
+    conv = vm.module.layer1.conv1
+    assert conv(torch.randn(1, 8, 5, 5, dtype=torch.float64)).shape == (1, 8, 5, 5)
+
+
+def test_concurrent_calls_with_different_selections():
+    """One model object called from several threads, each with its own (task, level): every
+    output equals the single-threaded one (the selection travels per call, not per layer)."""
+    import threading
+
+    vm = convert_to_sliced(trained_tiny(), VirtualNetworks(4)).eval()
+    x = torch.randn(2, 3, 12, 12)
+    configs = list(vm.networks.configs())
+    with torch.no_grad():
+        want = {c: vm(x, task=c[0], level=c[1]) for c in configs}
+    failures: list[str] = []
+    barrier = threading.Barrier(len(configs))
+
+    def worker(task: int, level: int) -> None:
+        barrier.wait()
+        with torch.no_grad():
+            for _ in range(20):
+                try:
+                    y = vm(x, task=task, level=level)
+                except Exception as e:  # an error in a thread is a failure, not a crash
+                    failures.append(f"task {task} level {level}: {type(e).__name__}: {e}")
+                    return
+                if not torch.equal(y, want[(task, level)]):
+                    failures.append(f"task {task} level {level}: output differs")
+                    return
+
+    threads = [threading.Thread(target=worker, args=c) for c in configs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
 
 
 def test_level_one_export_is_small_and_plain():

@@ -1,0 +1,104 @@
+"""dvn.compile_configs: one compiled graph per (task, level), equal to eager, no recompiles."""
+
+import pytest
+import torch
+import torch.nn as nn
+from torch._dynamo.testing import CompileCounter
+
+import dvn
+from dvn import VirtualNetworks, compile_configs, convert_to_sliced
+
+
+def tiny_wrn(units: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return dvn.wrn(8, 1, units=units, num_classes=5, input_sizes=16)
+
+
+def test_switching_among_all_configurations_never_recompiles():
+    """k = 4: 16 configurations, called twice in an interleaved order: 16 compiles in all,
+    each output equal to eager (torch.compile alone would hit its recompile limit of 8)."""
+    model = tiny_wrn(4).eval()
+    counter = CompileCounter()
+    runner = compile_configs(model, backend=counter)
+    x = torch.randn(2, 3, 16, 16)
+    configs = list(model.networks.configs())
+    with torch.no_grad():
+        for _ in range(2):
+            for task, level in configs:
+                torch.testing.assert_close(runner(x, task, level), model(x, task=task, level=level),
+                                           rtol=0, atol=0)
+    assert counter.frame_count == len(configs) == 16
+    assert torch._dynamo.config.recompile_limit <= 8  # what one shared code object would meet
+
+
+def test_training_step_equals_eager():
+    model = tiny_wrn(2).train()
+    runner = compile_configs(model, backend="aot_eager")
+    x = torch.randn(4, 3, 16, 16)
+    labels = torch.randint(0, 5, (4,))
+    for task, level in [(1, 1), (2, 2), (1, 2)]:
+        grads = []
+        for fn in (runner, lambda x, t, lv: model(x, task=t, level=lv)):
+            model.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(fn(x, task, level), labels)
+            loss.backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()
+                          if p.grad is not None})
+        assert grads[0].keys() == grads[1].keys() and grads[0]
+        for name in grads[0]:
+            torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-6,
+                                       msg=lambda m: f"{name}: {m}")
+
+
+def test_inductor_inference_equals_eager():
+    model = tiny_wrn(2).eval()
+    runner = compile_configs(model)  # inductor, the default
+    x = torch.randn(1, 3, 16, 16)
+    runner.warmup(x, configs=[(1, 1), (2, 2)])
+    with torch.no_grad():
+        for task, level in [(1, 1), (2, 2)]:
+            torch.testing.assert_close(runner(x, task, level), model(x, task=task, level=level),
+                                       rtol=1e-4, atol=1e-5)
+
+
+def test_converted_model_sets_its_selection_outside_the_graph():
+    """A VirtualModel hands its selection to the layers through a context variable, which
+    torch.compile cannot set: the runner sets it around the compiled call."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 4))
+    vm = convert_to_sliced(net, VirtualNetworks(2)).eval()
+    counter = CompileCounter()
+    runner = compile_configs(vm, backend=counter)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        for _ in range(2):
+            for task, level in vm.networks.configs():
+                torch.testing.assert_close(runner(x, task, level), vm(x, task=task, level=level),
+                                           rtol=0, atol=0)
+    assert counter.frame_count == 4
+
+
+def test_bad_model_and_configuration():
+    with pytest.raises(TypeError, match="model: expected a dvn model"):
+        compile_configs(nn.Linear(2, 2))
+    runner = compile_configs(tiny_wrn(2), backend=CompileCounter())
+    with pytest.raises(ValueError, match="level: 3 does not exist"):
+        runner(torch.randn(1, 3, 16, 16), 1, 3)
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_replay_every_configuration():
+    """On a GPU the default mode is reduce-overhead: each configuration replays a CUDA graph
+    and equals eager."""
+    model = tiny_wrn(2).cuda().eval()
+    runner = compile_configs(model)
+    assert runner._compile_args["mode"] == "reduce-overhead"
+    x = torch.randn(1, 3, 16, 16, device="cuda")
+    with torch.no_grad():
+        for _ in range(3):
+            for task, level in model.networks.configs():
+                got = runner(x, task, level).clone()
+                torch.testing.assert_close(got, model(x, task=task, level=level), rtol=1e-3,
+                                           atol=1e-3)
