@@ -11,13 +11,17 @@ from collections.abc import Callable, Mapping
 
 
 def time_side_by_side(fns: Mapping[str, Callable[[], object]], *, repeats: int = 15,
-                      warmup: int = 3, min_seconds: float = 0.0) -> dict[str, float]:
+                      warmup: int = 3, min_seconds: float = 0.0,
+                      settle: int = 1) -> dict[str, float]:
     """Median seconds per call of each function.
 
-    Each round calls every function once, in a freshly shuffled order, so that a noisy
-    neighbour slows all candidates alike and none always runs right after a memory-hungry
-    one (whose freed buffers make the next allocations page-fault); ``warmup`` rounds are
-    discarded. At least ``repeats`` rounds run, more while the total is under ``min_seconds``.
+    Each round calls every function in a freshly shuffled order, so that a noisy neighbour
+    slows all candidates alike; ``warmup`` rounds are discarded. Before its timed call each
+    function runs ``settle`` untimed calls: the timed call then sees the caches and the
+    allocator as that function left them, not as the previous candidate did. (Without it, a
+    memory-hungry candidate such as the masked dense conv slowed whichever candidate ran next
+    by up to 1.7x, and a fixed shuffle seed made that the same candidate in every row.) At
+    least ``repeats`` rounds run, more while the total is under ``min_seconds``.
     """
     order = list(fns)
     rng = random.Random(0)
@@ -31,6 +35,8 @@ def time_side_by_side(fns: Mapping[str, Callable[[], object]], *, repeats: int =
         rng.shuffle(order)
         for name in order:
             fn = fns[name]
+            for _ in range(settle):
+                fn()
             t0 = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - t0)
