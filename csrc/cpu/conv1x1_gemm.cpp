@@ -41,6 +41,14 @@ bool gemm_applies(const ConvProblem& p) {
   return p.kernel_h == 1 && p.kernel_w == 1 && p.padding[0] == 0 && p.padding[1] == 0;
 }
 
+bool gemm_forward_applies(const ConvProblem& p, const at::Tensor& x) {
+  return gemm_applies(p) && x.is_contiguous() && (!strided(p) || p.batch == 1);
+}
+
+bool gemm_grad_input_applies(const ConvProblem& p, const at::Tensor& x) {
+  return gemm_applies(p) && !channels_last(x);
+}
+
 at::Tensor conv1x1_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias_block,
                            const ConvProblem& p) {
   const auto xs = subsample(x, p);
@@ -71,20 +79,6 @@ at::Tensor conv1x1_grad_input(const at::Tensor& grad_out, const at::Tensor& w,
     g = g.view({p.batch, p.in_channels, p.out_height, p.out_width});
   }
   return unsubsample(g, p, fmt);
-}
-
-at::Tensor conv1x1_grad_weight(const at::Tensor& grad_out, const at::Tensor& x,
-                               const ConvProblem& p) {
-  const auto xs = subsample(x, p);
-  at::Tensor gw;
-  if (channels_last(grad_out) && channels_last(x)) {
-    gw = at::mm(pixel_rows(grad_out).t(), pixel_rows(xs));
-  } else {
-    // One batched product and a sum over images: measured faster on CPU than a copy of both
-    // operands into (C, N*P*Q) matrices or a loop of accumulating products.
-    gw = at::bmm(channel_rows(grad_out), channel_rows(xs).transpose(1, 2)).sum(0);
-  }
-  return gw.view({p.out_channels, p.in_channels, 1, 1});
 }
 
 }  // namespace dvn::cpu

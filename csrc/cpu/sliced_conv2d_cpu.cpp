@@ -1,11 +1,11 @@
 // CPU kernels of dvn_kernels::sliced_conv2d and its backward.
 //
-// Only the active block is computed. 1x1 convolutions run as GEMMs on the weight's strided
-// view (conv1x1_gemm.cpp); small single images run as im2col + GEMMs on the weight in place
-// (conv_im2col.cpp); other convolutions run oneDNN (through ATen's convolution) on the active
-// block of the weight, which ATen packs per call: a copy of the active block only, small beside
-// a convolution that large. The weight gradient is computed compact and written once into a
-// full-size tensor whose inactive part is zero-filled.
+// Only the active block is computed. Some 1x1 passes run as GEMMs on the weight's strided view
+// (conv1x1_gemm.cpp: where they beat oneDNN); small single images run as im2col + GEMMs on the
+// weight in place (conv_im2col.cpp); everything else runs oneDNN (through ATen's convolution)
+// on the active block of the weight, which ATen packs per call: a copy of the active block
+// only, small beside a convolution that large. The weight gradient is computed compact and
+// written once into a full-size tensor whose inactive part is zero-filled.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -58,7 +58,7 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& weight,
   const auto fmt = follow_format(x);
   if (p.batch == 0) return at::empty(p.output_sizes(), x.options().memory_format(fmt));
   at::Tensor y;
-  if (gemm_applies(p)) {
+  if (gemm_forward_applies(p, x)) {
     y = conv1x1_forward(x, block_matrix(weight, p.out, p.in), b, p);
   } else if (im2col_applies(p, x, weight)) {
     y = im2col_forward(x, weight, b, p);
@@ -84,24 +84,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_o
     gx = at::zeros(x.sizes(), x.options().memory_format(x_fmt));
     gw = at::zeros({p.out_channels, p.in_channels, p.kernel_h, p.kernel_w}, weight.options());
     gb = at::zeros({p.out_channels}, weight.options());
-  } else if (gemm_applies(p)) {
-    if (need_x) gx = conv1x1_grad_input(grad_out, block_matrix(weight, p.out, p.in), p, x_fmt);
-    if (need_w) gw = conv1x1_grad_weight(grad_out, x, p);
-    if (need_b) gb = grad_out.sum({0, 2, 3});
   } else {
-    // convolution_backward reads the weight's values only for grad_input; otherwise an
-    // uninitialised block of the right size saves the gather.
-    const auto w = need_x ? gather_block(weight, p.out, p.in)
-                          : at::empty({p.out_channels, p.in_channels, p.kernel_h, p.kernel_w},
-                                      weight.options());
-    const auto bias_sizes = need_b ? std::optional<at::IntArrayRef>(at::IntArrayRef(
-                                         &p.out_channels, 1))
-                                   : std::nullopt;
-    const bool nchw = degenerate_channels_last(x) || degenerate_channels_last(grad_out);
-    std::tie(gx, gw, gb) = at::convolution_backward(
-        nchw ? grad_out.contiguous() : grad_out, nchw ? x.contiguous() : x, w, bias_sizes,
-        p.stride, p.padding, p.dilation, /*transposed=*/false, /*output_padding=*/{0, 0},
-        /*groups=*/1, {need_x, need_w, need_b});
+    const bool gemm_x = need_x && gemm_grad_input_applies(p, x);
+    if (gemm_x) gx = conv1x1_grad_input(grad_out, block_matrix(weight, p.out, p.in), p, x_fmt);
+    const bool onednn_x = need_x && !gemm_x;
+    if (onednn_x || need_w || need_b) {
+      // convolution_backward reads the weight's values only for grad_input; otherwise an
+      // uninitialised block of the right size saves the gather.
+      const auto w = onednn_x ? gather_block(weight, p.out, p.in)
+                              : at::empty({p.out_channels, p.in_channels, p.kernel_h,
+                                           p.kernel_w}, weight.options());
+      const auto bias_sizes = need_b ? std::optional<at::IntArrayRef>(at::IntArrayRef(
+                                           &p.out_channels, 1))
+                                     : std::nullopt;
+      const bool nchw = degenerate_channels_last(x) || degenerate_channels_last(grad_out);
+      at::Tensor gx_dnn;
+      std::tie(gx_dnn, gw, gb) = at::convolution_backward(
+          nchw ? grad_out.contiguous() : grad_out, nchw ? x.contiguous() : x, w, bias_sizes,
+          p.stride, p.padding, p.dilation, /*transposed=*/false, /*output_padding=*/{0, 0},
+          /*groups=*/1, {onednn_x, need_w, need_b});
+      if (onednn_x) gx = gx_dnn;
+    }
   }
   // Outputs not asked for are distinct empty tensors (outputs must not alias).
   const auto none = [&] { return at::empty({0}, weight.options()); };
