@@ -106,7 +106,9 @@ def _extension():
         "dvn_kernels._C", CPP_SOURCES + CUDA_SOURCES,
         include_dirs=_nvidia_include_dirs(),
         define_macros=[("DVN_WITH_CUDA", "1")],
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"] + (
+            # Registers, spills and shared memory per kernel in the build log (scripts/gpu-check).
+            ["-Xptxas=-v"] if os.environ.get("DVN_NVCC_RESOURCE_USAGE") == "1" else [])},
         py_limited_api=True)
     return ext, {"cuda": True, "cuda_arch_list": arch, "cuda_version": torch.version.cuda}
 

@@ -2,12 +2,15 @@
 
     python -m bench.models                    # WRN-32-4 (k=2, 32x32) and ResNet-42 (k=4, 64x64)
     python -m bench.models --json bench/results/models-<machine>.json
+    python -m bench.models --device cuda --captured        # on a GPU: batch 128, TF32
 
 For each level (task 1), times one training step's forward+backward (cross-entropy on random
 labels, gradients set to None before each step) of: the DVN running its sliced convolutions
 (``sliced``), ``dvn.to_static`` of that level (``static``: plain Conv2d/BatchNorm2d/Linear on
-compact weights, what a dedicated network of that size costs) and the masked twin (``masked``:
-full-width convolutions). Side by side in one process, medians; train mode throughout.
+compact weights, what a dedicated network of that size costs), the masked twin (``masked``:
+full-width convolutions) and, with ``--captured``, the DVN through ``dvn.compile_configs``
+(``captured``: one compiled graph per level, CUDA graphs on a GPU). Side by side in one
+process, medians; train mode throughout; on a GPU each step ends with a synchronize.
 """
 
 from __future__ import annotations
@@ -32,51 +35,60 @@ MODELS = {
 
 
 def candidates(model: torch.nn.Module, level: int, x: torch.Tensor, y: torch.Tensor,
-               modes: tuple[str, ...] = ("sliced", "static", "masked")
-               ) -> dict[str, Callable[[], object]]:
+               modes: tuple[str, ...] = ("sliced", "static", "masked"),
+               runner: dvn.CompiledConfigs | None = None) -> dict[str, Callable[[], object]]:
     """Closures running one forward+backward of each candidate for task 1 at ``level``."""
     static = dvn.to_static(model, 1, level)
     twin = dvn.MaskedTwin(model)
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
 
     def step(net: torch.nn.Module, forward: Callable[[], torch.Tensor]) -> Callable[[], object]:
         def fn():
             net.zero_grad(set_to_none=True)
             F.cross_entropy(forward(), y).backward()
+            sync()
         return fn
 
     runs = {"sliced": step(model, lambda: model(x, task=1, level=level)),
             "static": step(static, lambda: static(x)),
             "masked": step(model, lambda: twin(x, task=1, level=level))}
+    if runner is not None:
+        runs["captured"] = step(model, lambda: runner(x, 1, level))
+        modes = modes + ("captured",)
     return {k: runs[k] for k in modes}
 
 
-def setup(name: str, batch: int | None, backend: str):
+def setup(name: str, batch: int | None, backend: str, device: str = "cpu"):
     """(model in train mode, inputs, labels) of one benchmark model."""
     spec = MODELS[name]
     torch.manual_seed(0)
-    model = spec["build"](backend).train()
-    n = batch or spec["batch"]
-    x = torch.randn(n, 3, spec["size"], spec["size"])
-    y = torch.randint(0, model.heads.num_classes[0], (n,))
+    model = spec["build"](backend).to(device).train()
+    n = batch or (128 if device != "cpu" else spec["batch"])
+    x = torch.randn(n, 3, spec["size"], spec["size"], device=device)
+    y = torch.randint(0, model.heads.num_classes[0], (n,), device=device)
     return model, x, y
 
 
 def run(names: list[str], levels: list[int] | None, batch: int | None, repeats: int,
-        warmup: int, backend: str, log: Callable[[str], None] = print) -> list[dict]:
+        warmup: int, backend: str, log: Callable[[str], None] = print, device: str = "cpu",
+        captured: bool = False, capture_backend: str = "inductor",
+        after_row: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
     rows = []
     for name in names:
-        model, x, y = setup(name, batch, backend)
+        model, x, y = setup(name, batch, backend, device)
+        runner = dvn.compile_configs(model, backend=capture_backend) if captured else None
         k = model.networks.units
         for level in levels or range(1, k + 1):
             if level > k:
                 continue
-            times = time_side_by_side(candidates(model, level, x, y), repeats=repeats,
-                                      warmup=warmup)
+            times = time_side_by_side(candidates(model, level, x, y, runner=runner),
+                                      repeats=repeats, warmup=warmup)
             row = dict(model=name, units=k, level=level, batch=x.shape[0], size=x.shape[-1],
                        params=dvn.count_parameters(model, 1, level),
                        ms={c: t * 1e3 for c, t in times.items()})
             rows.append(row)
             log(format_row(row))
+            after_row(rows)
     return rows
 
 
@@ -96,22 +108,32 @@ def profile(name: str, level: int, batch: int | None, backend: str, steps: int =
 
 
 HEADER = ("| model | level | parameters | sliced ms | static ms | masked ms | sliced/static "
-          "| masked/sliced |\n|---|---|---|---|---|---|---|---|")
+          "| masked/sliced | captured ms | captured/static |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
 
 
 def format_row(row: dict) -> str:
     ms = row["ms"]
+    cap = ms.get("captured")
+    captured = ("- | -" if cap is None else f"{cap:.1f} | {cap / ms['static']:.2f}x")
     return (f"| {row['model']} ({row['size']}x{row['size']}, batch {row['batch']}) "
             f"| {row['level']}/{row['units']} | {row['params'] / 1e6:.2f}M "
             f"| {ms['sliced']:.1f} | {ms['static']:.1f} | {ms['masked']:.1f} "
-            f"| {ms['sliced'] / ms['static']:.2f}x | {ms['masked'] / ms['sliced']:.1f}x |")
+            f"| {ms['sliced'] / ms['static']:.2f}x | {ms['masked'] / ms['sliced']:.1f}x "
+            f"| {captured} |")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--levels", type=int, nargs="+", default=None, help="1-based (default: all)")
-    p.add_argument("--batch", type=int, default=None, help="default: 32 for WRN, 16 for ResNet")
+    p.add_argument("--batch", type=int, default=None,
+                   help="default: 32 for WRN, 16 for ResNet on CPU; 128 on a GPU")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (TF32 convolutions)")
+    p.add_argument("--captured", action="store_true",
+                   help="also time the DVN through dvn.compile_configs")
+    p.add_argument("--capture-backend", default="inductor",
+                   help="torch.compile backend of --captured (cudagraphs compiles in seconds)")
     p.add_argument("--backend", default="auto", help="the sliced model's conv backend")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
@@ -126,17 +148,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         profile(args.models[0], (args.levels or [1])[0], args.batch, args.backend)
         return 0
-    print(f"# DVN training step (forward+backward) per level: {machine_name()}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, float32, "
-          f"backend {args.backend}, median of {args.repeats}")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else machine_name()
+    print(f"# DVN training step (forward+backward) per level: {where}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}, float32"
+          f"{' (TF32)' if args.device == 'cuda' else ''}, backend {args.backend}, "
+          f"median of {args.repeats}")
     print(HEADER)
-    rows = run(args.models, args.levels, args.batch, args.repeats, args.warmup, args.backend)
-    if args.json:
-        meta = {"machine": machine_name(), "threads": torch.get_num_threads(),
-                "torch": torch.__version__, "repeats": args.repeats, "backend": args.backend,
-                "command": "python -m bench.models " + " ".join(
-                    argv if argv is not None else sys.argv[1:])}
-        write_results(args.json, meta, rows)
+    meta = {"machine": where, "threads": torch.get_num_threads(), "device": args.device,
+            "torch": torch.__version__, "repeats": args.repeats, "backend": args.backend,
+            "command": "python -m bench.models " + " ".join(
+                argv if argv is not None else sys.argv[1:])}
+
+    def save(rows: list[dict]) -> None:  # after every row: a run cut short keeps its rows
+        if args.json:
+            write_results(args.json, meta, rows)
+
+    if args.device == "cuda":
+        torch.backends.cudnn.allow_tf32 = True  # torch's default for convolutions
+    run(args.models, args.levels, args.batch, args.repeats, args.warmup, args.backend,
+        device=args.device, captured=args.captured, capture_backend=args.capture_backend,
+        after_row=save)
     return 0
 
 

@@ -59,9 +59,11 @@ def _config_function(model: nn.Module, task: int, level: int, tag: str) -> Calla
     return _own_function(run, f"dvn_task{task}_level{level}_{tag}")
 
 
-def _default_mode(model: nn.Module) -> Optional[str]:
+def _default_mode(model: nn.Module, backend: Any) -> Optional[str]:
+    """Inductor's CUDA graphs for a model on a GPU; no mode for other backends (the
+    "cudagraphs" backend graphs by itself)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return "reduce-overhead" if device.type == "cuda" else None
+    return "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
 
 
 class CompiledConfigs:
@@ -84,7 +86,7 @@ class CompiledConfigs:
                             f"dvn.resnet, dvn.convert_to_sliced), got {type(model).__name__}")
         self.model = model
         self.networks = networks
-        self._compile_args = dict(mode=_default_mode(model) if mode is None else mode,
+        self._compile_args = dict(mode=_default_mode(model, backend) if mode is None else mode,
                                   backend=backend, dynamic=dynamic, fullgraph=True)
         self._options = dict(options or {})
         self.guard_modules = guard_modules

@@ -39,6 +39,7 @@ def _poison_outputs(monkeypatch):
 
 # --- CPU checks -------------------------------------------------------------------------------
 
+@pytest.mark.host
 def test_index_math_host_program(tmp_path):
     """conv_gemm.h (all of the kernels' address math) against a direct convolution, on the CPU."""
     cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
@@ -66,6 +67,7 @@ def _build_emulation(tmp_path, *flags: str):
     return exe, build
 
 
+@pytest.mark.host
 def test_kernels_emulated_on_the_cpu(tmp_path):
     """The kernels' own code (conv_gemm_kernel.cuh) on CPU threads through csrc/tests'
     CUDA shim: every pass, tensor-core and FMA paths, vector and element loads, split-K."""
@@ -77,6 +79,7 @@ def test_kernels_emulated_on_the_cpu(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.host
 def test_kernels_emulated_under_thread_sanitizer(tmp_path):
     """The same under ThreadSanitizer: a missing __syncthreads shows as a data race."""
     exe, build = _build_emulation(tmp_path, "-O1", "-g", "-fsanitize=thread")
@@ -111,6 +114,7 @@ def test_cuda_backend_availability():
                       out_segments=[(0, 3)], backend="cuda")
 
 
+@pytest.mark.host
 def test_cuda_sources_are_torch_free():
     """.cu/.cuh and the launcher headers include no torch, ATen or c10 header (fast nvcc)."""
     folder = os.path.join(ROOT, "csrc", "cuda")
@@ -124,6 +128,7 @@ def test_cuda_sources_are_torch_free():
         assert not bad, f"{name} includes {bad}"
 
 
+@pytest.mark.host
 def test_memcheck_script_is_ready():
     """scripts/cuda-memcheck (run by the GPU script) is executable and its Python case compiles."""
     path = os.path.join(ROOT, "scripts", "cuda-memcheck")
@@ -248,6 +253,7 @@ PRECISIONS = ["float64", "float32", "tf32", "float16", "bfloat16"]
 
 
 @pytest.mark.skipif("cpu" not in dvn_kernels.available_backends("cpu"), reason="no cpu kernel")
+@pytest.mark.host
 @pytest.mark.parametrize("seed", range(6))
 def test_the_random_problem_harness_on_the_cpu_kernel(seed):
     """The GPU test's harness (random problems, layouts, oracle, tolerances) itself, on CPU."""

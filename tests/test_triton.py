@@ -22,6 +22,8 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 pytestmark = pytest.mark.skipif(
     "triton" not in dvn_kernels.available_backends(DEVICE),
     reason=f"triton backend unavailable: {_why_unavailable('triton', DEVICE, torch.float32)}")
+if "triton" in dvn_kernels.available_backends(DEVICE):
+    import dvn_kernels.triton  # noqa: F401  (registers the Triton ops some tests call directly)
 
 GEOMETRIES = {
     "k3s1p1": dict(kernel=3, stride=1, padding=1),
@@ -224,7 +226,20 @@ def test_split_k_heuristic():
     assert choose_split_k(tiles=9, k_chunks=2048, sms=132, max_split=16) == 16
     assert choose_split_k(tiles=16, k_chunks=18, sms=132) == 2  # capped by the K length
     assert choose_split_k(tiles=64, k_chunks=9, sms=132) == 1  # K too short to split
-    assert [bucket(n) for n in (1, 16, 17, 48, 64, 65, 8192)] == [32, 32, 32, 64, 64, 128, 8192]
+    assert [bucket(n) for n in (1, 16, 17, 48, 64, 65, 8192)] == [16, 16, 32, 64, 64, 128, 8192]
+
+
+def test_tiles_pruned_for_the_problem():
+    """16-wide K tiles only for reductions over <= 16 channels; wgrad tiles fit wgmma."""
+    from dvn_kernels.triton import configs
+
+    gemm = [configs._cfg(*c) for c in configs._GEMM_GPU]
+    for k_bucket, want_k16 in ((16, True), (32, False), (256, False)):
+        kept = configs.prune(gemm, dict(M_BUCKET=8192, N_BUCKET=64, K_BUCKET=k_bucket))
+        assert kept and all((c.kwargs["BLOCK_K"] == 16) == want_k16 for c in kept)
+    assert all(c[0] >= 64 for c in configs._WGRAD_GPU)  # BLOCK_M: one warpgroup's 64 rows
+    wgrad = [configs._cfg(*c) for c in configs._WGRAD_GPU]
+    assert configs.prune(wgrad, dict(M_BUCKET=16, N_BUCKET=16, K_BUCKET=65536))
 
 
 def test_autotune_keys_are_few_for_all_levels():
@@ -237,9 +252,9 @@ def test_autotune_keys_are_few_for_all_levels():
             c = channels * level // 4
             keys.add(("fwd", bucket(128 * size * size), bucket(c), bucket(c)))
             keys.add(("wgrad", bucket(c), bucket(c), bucket(128 * size * size)))
-    # Per pass: 2 keys at 64 channels (16 and 32 share a bucket) and 3 at 128 and 256 channels
-    # (levels 3 and 4 share one): 8 keys for 12 widths.
-    assert len(keys) == 2 * (2 + 3 + 3)
+    # Per pass: 3 keys per stage (levels 3 and 4 share one; 16 channels have their own, for
+    # the 16-wide K tiles): 9 keys for 12 widths.
+    assert len(keys) == 2 * (3 + 3 + 3)
 
 
 def spec_of(p: Problem) -> str:
@@ -317,6 +332,7 @@ def test_availability_and_auto():
     assert meta and "CUDA tensors" in meta
 
 
+@pytest.mark.host
 def test_kernels_compile_for_sm90():
     """The interpreter runs no compiler: build every pass for sm_90 (no GPU needed), so type,
     constexpr and shared-memory errors show on CPU CI too."""
@@ -405,27 +421,3 @@ def test_torch_compile_sees_the_triton_kernels():
     y, code = run_and_get_code(compiled, p.x.detach(), p.weight.detach(), p.bias.detach())
     assert "_fwd_kernel" in "\n".join(code)
     torch.testing.assert_close(y, run(p).detach())
-
-
-def test_bench_gpu_cases_build_on_cpu():
-    """bench.gpu's shapes and candidates construct (and run once) on a tiny CPU case."""
-    from bench import gpu
-
-    cases = gpu.all_cases()
-    assert {c.net for c in cases} == {"wrn-32-4", "resnet-42"}
-    assert {c.level for c in cases} == {1, 2, 3, 4}
-    tiny = gpu.Case("tiny", 8, 8, 4, 3, 1, 1, level=2, units=4, batch=2, net="wrn-32-4")
-    names = ["triton"] if "triton" in dvn_kernels.available_backends("cpu") else []
-    for mode in gpu.MODES:
-        fns = gpu.candidates(tiny, names, mode, torch.float32, channels_last=True,
-                             device=torch.device("cpu"))
-        assert {"masked", "compact", "slice"} <= set(fns) and set(names) <= set(fns)
-        for fn in fns.values():
-            fn()
-    row = dict(gpu.asdict(tiny), dtype="tf32", mode="fwd+bwd",
-               ms={"triton": 1.0, "compact": 2.0, "slice": 3.0, "masked": 4.0})
-    row["ratios"] = gpu.ratios(row["ms"], ["triton"])
-    assert row["ratios"] == {"compact/triton": 2.0, "slice/triton": 3.0, "masked/triton": 4.0}
-    assert gpu.format_row(row, ["triton", "cuda"]).count("|") == len(
-        gpu.header(["triton", "cuda"]).splitlines()[0].split("|")) - 1
-    assert "fwd+bwd >= 1.1x slice + cuDNN, levels 1..3: 3.00x over 1 rows" in gpu.summary([row])

@@ -1,6 +1,7 @@
 // The implicit-GEMM kernel of all three passes of the sliced convolution (torch-free).
 //
-// One CTA of 128 threads (4 warps, 2 x 2) computes a 128 x 64 tile of D = A * B. K is walked
+// One CTA of 128 threads (4 warps, 2 x 2) computes a BM x 64 tile of D = A * B, BM = 128, or 64
+// when the GEMM has at most 64 rows (block_m: a weight gradient of few output channels). K is walked
 // in tiles of 32 (16 for float64) through a 3-stage shared-memory pipeline filled with cp.async:
 // 16-byte vector copies where the operand allows (conv_gemm.h), else element copies (4/8-byte
 // cp.async, or for 16-bit types loads through registers, 8 in flight). The M/N-dependent part of
@@ -14,8 +15,8 @@
 //   wgrad  [BK][BM] col-major      [BK][BN] row-major
 //
 // Math: WMMA 16x16x16 (float16, bfloat16) or 16x16x8 TF32 (float32) with float32 accumulators,
-// each warp owning a 64 x 32 sub-tile (4 x 2 fragments); or, for exact float32 and float64,
-// CUDA-core FMAs with an 8 x 8 register tile per thread. The accumulators go through shared
+// each warp owning a BM/2 x 32 sub-tile (BM/32 x 2 fragments); or, for exact float32 and
+// float64, CUDA-core FMAs with a BM/16 x 8 register tile per thread. The accumulators go through shared
 // memory to a per-element epilogue (bias, conversion, NHWC store or the wgrad workspace).
 #pragma once
 
@@ -73,10 +74,10 @@ template <> struct Wmma<__nv_bfloat16> { using Frag = __nv_bfloat16; static cons
 template <> struct Wmma<float> { using Frag = nvcuda::wmma::precision::tf32; static constexpr int kK = 8; };
 
 // Tile shape and shared-memory layout of one instantiation.
-template <typename T, Pass P>
+template <typename T, Pass P, int BM_ = kBlockMLarge>
 struct Tiles {
   using Acc = typename Num<T>::Acc;
-  static constexpr int BM = kBlockM, BN = kBlockN, BK = sizeof(T) == 8 ? 16 : 32;
+  static constexpr int BM = BM_, BN = kBlockN, BK = sizeof(T) == 8 ? 16 : 32;
   static constexpr int kVec = 16 / int(sizeof(T));  // elements per 16-byte copy
   static constexpr int kPad = 16 / int(sizeof(T));  // row padding: keeps WMMA pointers aligned
   static constexpr bool kATransposed = P == Pass::Wgrad;  // A stored [BK][BM]
@@ -196,9 +197,9 @@ __device__ __forceinline__ void load_tile(T* smem, int ld, const T* base, bool v
 }
 
 // --- The kernel -------------------------------------------------------------------------------
-template <typename T, Pass P, bool kTensorCores>
+template <typename T, Pass P, bool kTensorCores, int BM_ = kBlockMLarge>
 __global__ void __launch_bounds__(kThreads) conv_gemm_kernel(const ConvGemmParams p) {
-  using Tl = Tiles<T, P>;
+  using Tl = Tiles<T, P, BM_>;
   using Acc = typename Tl::Acc;
   constexpr int BM = Tl::BM, BN = Tl::BN, BK = Tl::BK;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -301,8 +302,8 @@ __global__ void __launch_bounds__(kThreads) conv_gemm_kernel(const ConvGemmParam
   }
 
   const int warp = threadIdx.x / 32;
-  const int warp_m = (warp / 2) * 64, warp_n = (warp % 2) * 32;
-  constexpr int FM = 4, FN = 2;  // 16x16 fragments per warp
+  const int warp_m = (warp / 2) * (BM / 2), warp_n = (warp % 2) * 32;
+  constexpr int FM = BM / 32, FN = 2;  // 16x16 fragments per warp
   // Tensor-core accumulators or CUDA-core register tile; only one is used per instantiation.
   using namespace nvcuda;
   using WmmaT = std::conditional_t<kTensorCores, T, __half>;
@@ -312,7 +313,7 @@ __global__ void __launch_bounds__(kThreads) conv_gemm_kernel(const ConvGemmParam
   using LayoutB = std::conditional_t<Tl::kBTransposed, wmma::row_major, wmma::col_major>;
   wmma::fragment<wmma::accumulator, 16, 16, WK, float> acc_tc[kTensorCores ? FM : 1]
                                                               [kTensorCores ? FN : 1];
-  constexpr int TM = kTensorCores ? 1 : 8, TN = kTensorCores ? 1 : 8;
+  constexpr int TM = kTensorCores ? 1 : BM / 16, TN = kTensorCores ? 1 : 8;
   Acc acc_fma[TM][TN];
   const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;  // FMA path: rows ty+16i, cols tx+8j
   if constexpr (kTensorCores) {
@@ -451,7 +452,7 @@ __global__ void __launch_bounds__(256) wgrad_reduce_kernel(const ConvGemmParams 
 #if !defined(DVN_EMULATE_CUDA)
 // --- Launch -----------------------------------------------------------------------------------
 // Opts the kernel into more than 48 KiB of dynamic shared memory, once per device.
-template <typename T, Pass P, bool kTensorCores>
+template <typename T, Pass P, bool kTensorCores, int BM>
 cudaError_t prepare_kernel(int smem_bytes) {
   static std::atomic<uint64_t> done{0};
   int device = 0;
@@ -459,24 +460,31 @@ cudaError_t prepare_kernel(int smem_bytes) {
   if (err != cudaSuccess) return err;
   const uint64_t bit = device < 64 ? (uint64_t(1) << device) : 0;
   if (bit != 0 && (done.load(std::memory_order_acquire) & bit)) return cudaSuccess;
-  err = cudaFuncSetAttribute(conv_gemm_kernel<T, P, kTensorCores>,
+  err = cudaFuncSetAttribute(conv_gemm_kernel<T, P, kTensorCores, BM>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   if (err == cudaSuccess) done.fetch_or(bit, std::memory_order_acq_rel);
   return err;
 }
 
-template <typename T, Pass P, bool kTensorCores>
-cudaError_t launch_conv_gemm(const ConvGemmParams& p, cudaStream_t stream) {
-  using Tl = Tiles<T, P>;
-  const GemmShape shape = gemm_shape(P, p.g);
-  if (shape.m <= 0 || shape.n <= 0) return cudaSuccess;
+template <typename T, Pass P, bool kTensorCores, int BM>
+cudaError_t launch_tile(const ConvGemmParams& p, const GemmShape& shape, cudaStream_t stream) {
+  using Tl = Tiles<T, P, BM>;
   const dim3 grid(unsigned((shape.m + Tl::BM - 1) / Tl::BM), unsigned((shape.n + Tl::BN - 1) / Tl::BN),
                   P == Pass::Wgrad ? unsigned(p.split.splits) : 1u);
   if (grid.y > 65535 || grid.z > 65535) return cudaErrorInvalidConfiguration;
-  cudaError_t err = prepare_kernel<T, P, kTensorCores>(Tl::kSmemBytes);
+  cudaError_t err = prepare_kernel<T, P, kTensorCores, BM>(Tl::kSmemBytes);
   if (err != cudaSuccess) return err;
-  conv_gemm_kernel<T, P, kTensorCores><<<grid, kThreads, Tl::kSmemBytes, stream>>>(p);
+  conv_gemm_kernel<T, P, kTensorCores, BM><<<grid, kThreads, Tl::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
+}
+
+template <typename T, Pass P, bool kTensorCores>
+cudaError_t launch_conv_gemm(const ConvGemmParams& p, cudaStream_t stream) {
+  const GemmShape shape = gemm_shape(P, p.g);
+  if (shape.m <= 0 || shape.n <= 0) return cudaSuccess;
+  return block_m(P, p.g) == kBlockMSmall
+             ? launch_tile<T, P, kTensorCores, kBlockMSmall>(p, shape, stream)
+             : launch_tile<T, P, kTensorCores, kBlockMLarge>(p, shape, stream);
 }
 
 template <typename T>

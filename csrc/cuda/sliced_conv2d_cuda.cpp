@@ -175,7 +175,8 @@ at::Tensor grad_weight(const at::Tensor& gyc, const at::Tensor& x, const at::Ten
   prm.w = weight_view(weight, p);
   const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   const GemmShape shape = gemm_shape(Pass::Wgrad, prm.g);
-  const int64_t tiles = ((shape.m + kBlockM - 1) / kBlockM) * ((shape.n + kBlockN - 1) / kBlockN);
+  const int64_t bm = block_m(Pass::Wgrad, prm.g);
+  const int64_t tiles = ((shape.m + bm - 1) / bm) * ((shape.n + kBlockN - 1) / kBlockN);
   // At most 64 splits, of at least 4 K tiles each, and a workspace of at most 256 MiB.
   const auto acc_type = dtype == DType::Float64 ? at::kDouble : at::kFloat;
   const int64_t acc_bytes = dtype == DType::Float64 ? 8 : 4;

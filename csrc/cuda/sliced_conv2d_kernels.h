@@ -35,8 +35,14 @@ struct ConvGemmParams {
 };
 
 // Tile constants, shared with the glue (workspace sizes, split-K choice).
-constexpr int kBlockM = 128, kBlockN = 64, kThreads = 128, kStages = 3;
+constexpr int kBlockMLarge = 128, kBlockMSmall = 64, kBlockN = 64, kThreads = 128, kStages = 3;
 inline int block_k(DType t) { return t == DType::Float64 ? 16 : 32; }
+
+// The M tile of a pass: 64 rows when its GEMM has at most 64 (the weight gradient of a few
+// output channels, where a 128-row tile would be half padding or more), else 128.
+inline int block_m(Pass pass, const Geometry& g) {
+  return gemm_shape(pass, g).m <= kBlockMSmall ? kBlockMSmall : kBlockMLarge;
+}
 
 // y (fprop) and grad_x (dgrad).
 cudaError_t launch_fprop(const ConvGemmParams& p, DType t, Math math, cudaStream_t stream);

@@ -27,6 +27,7 @@ namespace {
 
 int failures = 0;
 int vector_passes = 0, passes = 0, split_passes = 0;  // coverage, checked at the end
+int small_tile_passes = 0;  // passes that ran 64-row M tiles (block_m)
 
 void expect(bool ok, const std::string& what) {
   if (!ok && failures++ < 20) std::fprintf(stderr, "FAILED: %s\n", what.c_str());
@@ -82,12 +83,23 @@ void run_grid(dim3 grid, Kernel kernel) {
       }
 }
 
+template <typename T, Pass P, bool kTensorCores, int BM>
+void run_tile(const ConvGemmParams& p) {
+  const GemmShape s = gemm_shape(P, p.g);
+  const dim3 grid{unsigned((s.m + BM - 1) / BM), unsigned((s.n + kBlockN - 1) / kBlockN),
+                  P == Pass::Wgrad ? unsigned(p.split.splits) : 1u};
+  run_grid(grid, [&] { detail::conv_gemm_kernel<T, P, kTensorCores, BM>(p); });
+}
+
+// As the launcher does: the M tile that block_m chooses for the problem.
 template <typename T, Pass P, bool kTensorCores>
 void run_pass(const ConvGemmParams& p) {
-  const GemmShape s = gemm_shape(P, p.g);
-  const dim3 grid{unsigned((s.m + kBlockM - 1) / kBlockM), unsigned((s.n + kBlockN - 1) / kBlockN),
-                  P == Pass::Wgrad ? unsigned(p.split.splits) : 1u};
-  run_grid(grid, [&] { detail::conv_gemm_kernel<T, P, kTensorCores>(p); });
+  if (block_m(P, p.g) == kBlockMSmall) {
+    ++small_tile_passes;
+    run_tile<T, P, kTensorCores, kBlockMSmall>(p);
+  } else {
+    run_tile<T, P, kTensorCores, kBlockMLarge>(p);
+  }
 }
 
 ChannelRanges random_segments(Rng& rng, int total, int full, int align, bool two) {
@@ -237,7 +249,8 @@ void run_case(Rng& rng, int index) {
   {
     using Acc = typename detail::Num<T>::Acc;
     const GemmShape sh = gemm_shape(Pass::Wgrad, g);
-    const int64_t tiles = ((sh.m + kBlockM - 1) / kBlockM) * ((sh.n + kBlockN - 1) / kBlockN);
+    const int64_t bm = block_m(Pass::Wgrad, prm.g);
+    const int64_t tiles = ((sh.m + bm - 1) / bm) * ((sh.n + kBlockN - 1) / kBlockN);
     prm.split = choose_split_k(sh.k, detail::Tiles<T, Pass::Wgrad>::BK, tiles, rng.range(1, 8),
                                1, 64);
     std::vector<Acc> ws(size_t(prm.split.splits) * sh.m * sh.n, Acc(std::nan("")));
@@ -293,12 +306,14 @@ int main(int argc, char** argv) {
   }
   expect(emulation::failures == 0,
          std::to_string(emulation::failures.load()) + " misaligned cp.async or WMMA accesses");
-  expect(vector_passes > 0 && vector_passes < passes && split_passes > 0,
-         "the cases must cover vector and element loads, and split-K");
+  expect(vector_passes > 0 && vector_passes < passes && split_passes > 0 &&
+             small_tile_passes > 0 && small_tile_passes < passes,
+         "the cases must cover vector and element loads, split-K and both M tiles");
   if (failures == 0) {
     std::printf("emulated CUDA kernels passed (%d cases x 4 types x 2 copy modes: %d passes, "
-                "%d with vector loads of both operands, %d wgrad with split-K)\n",
-                cases, passes, vector_passes, split_passes);
+                "%d with vector loads of both operands, %d wgrad with split-K, %d with "
+                "64-row tiles)\n",
+                cases, passes, vector_passes, split_passes, small_tile_passes);
   }
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

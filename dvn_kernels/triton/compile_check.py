@@ -1,13 +1,14 @@
 """Compile the kernels for an NVIDIA target without a GPU.
 
-    python -m dvn_kernels.triton.compile_check [--arch 90] [--dtypes bf16 fp32]
+    python -m dvn_kernels.triton.compile_check [--arch 90] [--dtypes bf16 fp32] [--all-configs]
 
 The interpreter runs the kernels' Python semantics but not the compiler, so type and constexpr
 errors, register or shared-memory overflows only show on a GPU. This compiles the default tile
-of each pass (and the split-K reductions) for sm_90 with the specialisations of a
-channels_last bfloat16 and TF32 run, two ranges per side and unit-aligned channels, and prints
-each kernel's shared memory (a pipelined K loop uses num_stages tiles). Needs Triton's bundled
-ptxas, no driver; run it without TRITON_INTERPRET.
+of each pass (every autotuned tile with --all-configs) and the split-K reductions for sm_90
+with the specialisations of a channels_last bfloat16 and TF32 run, two ranges per side and
+unit-aligned channels, and prints each kernel's shared memory (a pipelined K loop uses
+num_stages tiles) and whether its PTX uses Hopper's wgmma (else mma.sync). Needs Triton's
+bundled ptxas, no driver; run it without TRITON_INTERPRET.
 """
 
 from __future__ import annotations
@@ -45,23 +46,26 @@ def compile_kernel(kernel, dtype: str, constexprs: dict, config: triton.Config, 
                                        num_stages=config.num_stages))
 
 
-def variants():
+def variants(all_configs: bool = False):
     """(name, kernel, dtype, constexprs, config) of every variant checked."""
     from . import configs, conv_bwd_input, conv_bwd_weight, conv_fwd
 
-    gemm, wgrad = configs.gemm_configs()[0], configs.wgrad_configs()[0]
+    gemms = configs.gemm_configs() if all_configs else configs.gemm_configs()[:1]
+    wgrads = configs.wgrad_configs() if all_configs else configs.wgrad_configs()[:1]
     reduce = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)
     for dtype, precision in (("bf16", "ieee"), ("fp32", "tf32")):
         common = dict(KH=3, KW=3, ALIGN=16, TWO_IN=True, TWO_OUT=True, CHANNELS_LAST=True,
                       PRECISION=precision, GROUP_M=8)
-        yield ("fwd", conv_fwd._fwd_kernel, dtype,
-               dict(common, HAS_BIAS=True, NO_PAD=False, DIRECT=True), gemm)
-        yield ("dgrad", conv_bwd_input._dgrad_kernel, dtype,
-               dict(common, UNIT_STRIDE=True, DIRECT=True), gemm)
-        yield ("dgrad-strided", conv_bwd_input._dgrad_kernel, dtype,
-               dict(common, UNIT_STRIDE=False, DIRECT=False), gemm)
-        yield ("wgrad", conv_bwd_weight._wgrad_kernel, dtype,
-               dict(common, NO_PAD=False, DIRECT=False), wgrad)
+        for gemm in gemms:
+            yield ("fwd", conv_fwd._fwd_kernel, dtype,
+                   dict(common, HAS_BIAS=True, NO_PAD=False, DIRECT=True), gemm)
+            yield ("dgrad", conv_bwd_input._dgrad_kernel, dtype,
+                   dict(common, UNIT_STRIDE=True, DIRECT=True), gemm)
+            yield ("dgrad-strided", conv_bwd_input._dgrad_kernel, dtype,
+                   dict(common, UNIT_STRIDE=False, DIRECT=False), gemm)
+        for wgrad in wgrads:
+            yield ("wgrad", conv_bwd_weight._wgrad_kernel, dtype,
+                   dict(common, NO_PAD=False, DIRECT=False, H=16, W=16, P=16, Q=16), wgrad)
     yield ("fwd-reduce", conv_fwd._fwd_reduce_kernel, "bf16",
            dict(TWO_OUT=True, HAS_BIAS=True), reduce)
     yield ("dgrad-reduce", conv_bwd_input._dgrad_reduce_kernel, "bf16", {}, reduce)
@@ -73,19 +77,27 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", type=int, default=90, help="compute capability x 10")
     p.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"])
+    p.add_argument("--all-configs", action="store_true",
+                   help="every autotuned tile, not only the default one")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         p.error("unset TRITON_INTERPRET: the interpreter does not compile")
     failed = 0
-    for name, kernel, dtype, constexprs, config in variants():
+    for name, kernel, dtype, constexprs, config in variants(args.all_configs):
         if dtype not in args.dtypes:
             continue
+        tile = "x".join(str(config.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")
+                        if k in config.kwargs)
         try:
             compiled = compile_kernel(kernel, dtype, constexprs, config, args.arch)
-            print(f"{name:14s} {dtype:5s} sm_{args.arch} ok, shared {compiled.metadata.shared} B")
+            ptx = compiled.asm.get("ptx", "")
+            mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "no mma"
+            print(f"{name:14s} {dtype:5s} {tile:11s} sm_{args.arch} ok, shared "
+                  f"{compiled.metadata.shared} B, {mma}")
         except Exception as e:  # report every variant, then fail
             failed += 1
-            print(f"{name:14s} {dtype:5s} sm_{args.arch} FAILED: {type(e).__name__}: {e}")
+            print(f"{name:14s} {dtype:5s} {tile:11s} sm_{args.arch} FAILED: "
+                  f"{type(e).__name__}: {e}")
     return 1 if failed else 0
 
 

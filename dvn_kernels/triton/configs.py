@@ -9,6 +9,7 @@ benchmarking.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -30,11 +31,15 @@ def _cfg(bm: int, bn: int, bk: int, stages: int, warps: int) -> triton.Config:
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps). M = pixels, N = output (or input) channels.
+# K tiles of 16 serve reductions over at most 16 channels (the units of k = 4 at 64
+# channels), where a 32-wide K tile would be half padding; prune keeps them for those alone.
 _GEMM_GPU = [(128, 64, 32, 4, 4), (128, 128, 32, 3, 8), (64, 128, 32, 4, 4), (128, 32, 32, 4, 4),
-             (64, 64, 32, 4, 4), (256, 64, 32, 3, 8), (128, 64, 64, 3, 4), (64, 32, 64, 4, 4)]
-# Weight gradient: M = output channels, N = input channels of one tap, K = pixels.
+             (64, 64, 32, 4, 4), (256, 64, 32, 3, 8), (128, 64, 64, 3, 4), (64, 32, 64, 4, 4),
+             (128, 64, 16, 4, 4), (64, 64, 16, 4, 4), (128, 128, 16, 3, 8), (64, 32, 16, 4, 4)]
+# Weight gradient: M = output channels, N = input channels of one tap, K = pixels. BLOCK_M is
+# at least 64 so that the product can use Hopper's wgmma (one warpgroup computes 64 rows).
 _WGRAD_GPU = [(64, 64, 64, 3, 4), (128, 64, 64, 3, 8), (64, 128, 64, 3, 8), (128, 128, 32, 3, 8),
-              (32, 64, 128, 3, 4), (64, 32, 128, 3, 4), (32, 32, 128, 4, 4)]
+              (64, 32, 128, 3, 4), (64, 64, 128, 3, 4), (128, 32, 64, 3, 4)]
 _GEMM_INTERPRET = [(128, 32, 16, 1, 4)]
 _WGRAD_INTERPRET = [(32, 32, 128, 1, 4)]
 
@@ -55,10 +60,13 @@ def wgrad_configs() -> list[triton.Config]:
 
 
 def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Drops tiles far larger than the problem (a 128-wide N tile for 16 channels)."""
-    m_cap = max(32, named_args["M_BUCKET"])
-    n_cap = max(32, named_args["N_BUCKET"])
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= m_cap and c.kwargs["BLOCK_N"] <= n_cap]
+    """Drops tiles far larger than the problem (a 128-wide N tile for 16 channels), and keeps
+    16-wide K tiles for reductions over at most 16 channels only (and only those there)."""
+    m_cap = max(min(c.kwargs["BLOCK_M"] for c in configs), named_args["M_BUCKET"])
+    n_cap = max(min(c.kwargs["BLOCK_N"] for c in configs), named_args["N_BUCKET"])
+    k_small = named_args["K_BUCKET"] <= 16
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= m_cap and c.kwargs["BLOCK_N"] <= n_cap
+            and (c.kwargs["BLOCK_K"] == 16) == k_small]
     return kept or configs[:1]
 
 
@@ -71,11 +79,11 @@ AUTOTUNE = dict(key=KEY, prune_configs_by={"early_config_prune": prune}, do_benc
 
 
 def bucket(n: int) -> int:
-    """Power-of-two bucket of a size (at least 32, the smallest tile): the autotune key of
+    """Power-of-two bucket of a size (at least 16, the smallest K tile): the autotune key of
     that size. Channel counts enter the keys as channels, not channels x taps (the kernel
     size is a key of its own), so the four levels of k = 4 equal units share at most three
     keys per layer shape and pass."""
-    return max(32, 1 << max(0, int(n) - 1).bit_length())
+    return max(16, 1 << max(0, int(n) - 1).bit_length())
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,6 +120,33 @@ class _Skip:
         return lambda *args, **kwargs: None
 
 
+class _Compile:
+    """Stands in for a launch that compiles instead: every configuration the autotuner would
+    try for these arguments (after pruning), or the kernel's one variant; nothing runs."""
+
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.kernel.warmup(*args, grid=grid, **kwargs)
+
+
+_PRECOMPILING = False
+
+
+@contextlib.contextmanager
+def precompile_only():
+    """Within the block the kernels' launches compile their variants and run nothing (their
+    outputs stay unwritten): bench.gpu compiles every variant in parallel processes sharing
+    TRITON_CACHE_DIR before the benchmark, whose autotuner then only loads them."""
+    global _PRECOMPILING
+    old, _PRECOMPILING = _PRECOMPILING, True
+    try:
+        yield
+    finally:
+        _PRECOMPILING = old
+
+
 def launcher(kernel, sample: torch.Tensor):
     """``wrap_triton(kernel)``: the launch torch.compile and fake tensors can trace.
 
@@ -122,6 +157,8 @@ def launcher(kernel, sample: torch.Tensor):
     if INTERPRET and (sample.device.type == "meta"
                       or torch._subclasses.fake_tensor.is_fake(sample)):
         return _Skip()
+    if _PRECOMPILING:
+        return _Compile(kernel)
     return torch.library.wrap_triton(kernel)
 
 

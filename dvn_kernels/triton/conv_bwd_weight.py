@@ -1,8 +1,9 @@
 """Grad weight: gw[out, in, kh, kw] = sum over N*P*Q of gy x x, on the active block only.
 
 GEMM view: M = active output channels, N = active input channels of one tap (grid axis 0
-covers taps x input-channel blocks), K = N*P*Q pixels. M and N are small and K is long, so
-split-K over the pixels is the rule: each split writes a float32 partial block and a second
+covers taps x input-channel blocks), K = N*P*Q pixels. The spatial sizes are constexprs (a
+network has a few; the pixel index's divisions become multiplications). M and N are small and
+K is long, so split-K over the pixels is the rule: each split writes a float32 partial block and a second
 kernel adds them in a fixed order (deterministic; no atomics) and stores the block into the
 full-shape gradient through the segment map. The caller zero-fills the rest.
 """
@@ -38,7 +39,8 @@ def _store_gw(gw, acc, co, ci, tap, mask, swo, swi, swh, sww, in_s0, in_l0, in_s
 @triton.autotune(configs=configs.wgrad_configs(), **configs.AUTOTUNE)
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _wgrad_kernel(g, x, gw, ws,
-                  N, H, W, C_IN_U, P, Q, C_OUT_U,
+                  N, H: tl.constexpr, W: tl.constexpr, C_IN_U, P: tl.constexpr, Q: tl.constexpr,
+                  C_OUT_U,
                   sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw, swo, swi, swh, sww,
                   in_s0_u, in_l0_u, in_s1_u, out_s0_u, out_l0_u, out_s1_u,
                   STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
