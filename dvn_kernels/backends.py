@@ -140,7 +140,7 @@ _CHOSEN: dict[tuple[str, torch.device, torch.dtype], Implementation] = {}
 def implementation(backend: str, x: torch.Tensor) -> Implementation:
     """The function that runs ``backend`` for tensors like ``x``: resolve_backend, remembered
     per (backend, device, dtype) so that the hot path pays a dict lookup."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or type(backend) is not str:  # the latter: a clear error
         return IMPLEMENTATIONS[resolve_backend(backend, x)]
     key = (backend, x.device, x.dtype)
     impl = _CHOSEN.get(key)
