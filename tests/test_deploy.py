@@ -196,15 +196,26 @@ def test_tasks_share_their_blocks_once(k4):
                                            atol=1e-5, rtol=1e-5)
                 torch.testing.assert_close(dep.export(t)(x[t]), dep(x[t], t), atol=1e-5,
                                            rtol=1e-5)
-    # several levels of a task, and tasks at different levels
-    mixed = [(1, 1), (1, 3), (3, 2), (4, 4), (2, 1)]
+    # several levels of a task, and tasks at different levels; both layouts
+    mixed = [(1, 1), (1, 3), (3, 2), (4, 2), (2, 1)]
     dep.deploy(mixed)
-    assert dep.parameters_held() == blocks_in_use(model, mixed)
+    union = dd.Deployment(path, mixed, layout="union")
+    assert dep.parameters_held() == blocks_in_use(model, mixed) < union.parameters_held()
     for t, lv in mixed:
         with torch.no_grad():
-            torch.testing.assert_close(dep(x[t], t, lv), model(x[t], task=t, level=lv),
-                                       atol=1e-5, rtol=1e-5)
+            for d in (dep, union):
+                torch.testing.assert_close(d(x[t], t, lv), model(x[t], task=t, level=lv),
+                                           atol=1e-5, rtol=1e-5)
+    # level 1 of every task in one tensor per layer: all 16 blocks, 4x those in use
+    union.deploy({t: 1 for t in range(1, 5)})
+    dep.deploy({t: 1 for t in range(1, 5)})
+    conv = lambda d: sum(t.numel() for layer in d._convs.values() for t in layer.tensors()
+                         if not layer.name.startswith("stems."))  # noqa: E731
+    assert conv(union) == 4 * conv(dep)
+    with pytest.raises(ValueError, match="layout: expected one of blocks, union"):
+        dd.Deployment(path, mixed, layout="rows")
     dep.close()
+    union.close()
 
 
 def test_row_groups_hold_exactly_the_union_of_squares():
@@ -350,6 +361,12 @@ def test_bad_files_raise_clear_errors(k4, tmp_path):
     wrong = tmp_path / "wrong.safetensors"
     save_file(shaped, str(wrong), metadata=meta)
     with pytest.raises(ValueError, match=r"blocks.0.conv1.weight@o1i1' has shape \[1, 1, 3, 3\]"):
+        dd.UnitFile(str(wrong))
+    halved = dict(tensors)
+    halved["final_bn.norms.t1_l1.weight"] = halved["final_bn.norms.t1_l1.weight"].half()
+    save_file(halved, str(wrong), metadata=meta)
+    with pytest.raises(ValueError, match="t1_l1.weight' is torch.float16, its model needs "
+                                         "torch.float32"):
         dd.UnitFile(str(wrong))
     # the spec names only a known builder; anything else is refused, nothing is run
     for spec in ({"arch": "os.system", "depth": 8}, {"arch": "wrn", "depth": 7}, [1]):

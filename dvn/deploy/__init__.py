@@ -9,13 +9,14 @@
   (task, level), and the highest level within a budget.
 """
 
-from .budget import BudgetError, Profile, choose_level, memory_rows, profile
+from .budget import BudgetError, Profile, choose_level, memory_profile, memory_rows, profile
 from .deployment import Deployment, load_level, storage_bytes
 from .images import TaskInput, image_files, read_images
+from .shared import LAYOUTS
 from .unitfile import FORMAT, UnitFile, block_key, save
 
 __all__ = [
-    "BudgetError", "Deployment", "FORMAT", "Profile", "TaskInput", "UnitFile", "block_key",
-    "choose_level", "image_files", "load_level", "memory_rows", "profile", "read_images", "save",
-    "storage_bytes",
+    "BudgetError", "Deployment", "FORMAT", "LAYOUTS", "Profile", "TaskInput", "UnitFile", "block_key",
+    "choose_level", "image_files", "load_level", "memory_profile", "memory_rows", "profile",
+    "read_images", "save", "storage_bytes",
 ]

@@ -119,6 +119,15 @@ def memory_rows(file: UnitFile) -> list[dict]:
     return rows
 
 
+def memory_profile(path: Union[PathLike, UnitFile]) -> Profile:
+    """A profile of the memory each (task, level) holds, from the file's header alone (no
+    loading, no timing): enough for budgets in megabytes."""
+    if isinstance(path, UnitFile):
+        return Profile(memory_rows(path), {"file": os.path.basename(path.path)})
+    with UnitFile(path) as file:
+        return memory_profile(file)
+
+
 def _numel(shape: Sequence[int]) -> int:
     n = 1
     for s in shape:

@@ -83,9 +83,9 @@ def _profile(a) -> int:
 def _budget_profile(a, path: str, file):
     """The table a budget is compared with: the profile for --budget-ms (it must belong to
     this unit file), else the memory each level holds, from the file's header."""
-    from .budget import Profile, file_id, memory_rows
+    from .budget import Profile, file_id, memory_profile
     if a.budget_ms is None:
-        return Profile.from_rows(memory_rows(file))
+        return memory_profile(file)
     where = a.profile or os.path.join(os.path.dirname(os.path.abspath(path)), "profile.json")
     if not os.path.isfile(where):
         raise FileNotFoundError(f"profile: no profile at {where}; run `dvn profile {a.run}` "

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..export import to_static
-from .shared import SharedConv2d
+from .shared import LAYOUTS, SharedConv2d
 from .unitfile import PathLike, UnitFile, private_prefixes, sliced_convs, stem_tasks
 
 if TYPE_CHECKING:
@@ -86,14 +86,21 @@ class Deployment:
     """A set of (task, level)s of one unit file, served from one copy of their blocks.
 
     ``configs``: a mapping task -> level, or (task, level) pairs (several levels of a task are
-    allowed). Calls ``dep(x, task, level=None)`` run in inference mode (no gradients); the level
-    defaults to the task's only deployed level. Any number of threads may call at once;
+    allowed). Calls ``dep(x, task, level=None)`` run without gradients; the level defaults to
+    the task's only deployed level. Any number of threads may call at once;
     ``deploy``/``set_level``/``set_budget`` wait for running calls and hold new ones back
-    while they change what is held.
+    while they change what is held. ``layout``: ``"blocks"`` holds exactly the blocks in use
+    (a configuration that shares some of its rows with others runs one convolution per row
+    group); ``"union"`` holds one tensor per layer over the units in use (one convolution per
+    layer, plus the blocks that no configuration uses). See ``dvn.deploy.shared``.
     """
 
     def __init__(self, path: Union[PathLike, UnitFile], configs: Configs, *,
-                 device: Union[str, torch.device] = "cpu", backend: str = "auto") -> None:
+                 device: Union[str, torch.device] = "cpu", backend: str = "auto",
+                 layout: str = "blocks") -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
+        self.layout = layout
         self.file = path if isinstance(path, UnitFile) else UnitFile(path)
         self.device = torch.device(device)
         self.backend = backend
@@ -180,7 +187,7 @@ class Deployment:
             for name, layer in self._convs.items():
                 task = self._stems.get(name)
                 layer.update({self.networks.active(t, lv).unit_set for t, lv in configs
-                              if task is None or t == task}, fetch)
+                              if task is None or t == task}, fetch, self.layout)
             keys = {self.networks.active(t, lv).key for t, lv in configs}
             for prefix, (modules, templates) in self._private.items():
                 for key in [k for k in modules if k not in keys]:

@@ -10,8 +10,9 @@ through channel ranges), concatenated in unit order. A configuration that covers
 runs a plain ``F.conv2d`` on it, as its static export would. One configuration, or levels of
 one task (nested unit sets), make a single group: the union of their units, one convolution.
 Several tasks at one level share the blocks of their common units and hold no block that none
-of them uses (a single tensor over the union of the units would: at level 1 of k = 4 tasks,
-4x the blocks in use).
+of them uses. ``layout="union"`` holds one tensor over the union of the units instead: one
+convolution per call, but blocks nobody uses (at level 1 of k = 4 tasks, 4x the blocks in use);
+``bench/deploy.py`` measures both.
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ def row_groups(unit_sets: Iterable[UnitSet], in_split: bool = True) -> list[Rows
         else:
             groups.append(((a,), ins))
     return groups
+
+
+def union_group(unit_sets: Iterable[UnitSet], in_split: bool = True) -> list[Rows]:
+    """One group over the union of the units (``layout="union"``): blocks that no set uses
+    are held too, and every set runs as one convolution."""
+    units = tuple(sorted({a for s in unit_sets for a in s}))
+    return [(units, units if in_split else None)] if units else []
+
+
+LAYOUTS = {"blocks": row_groups, "union": union_group}
 
 
 @dataclass(frozen=True)
@@ -183,12 +194,12 @@ class SharedConv2d(nn.Module):
                 o += size
         return out
 
-    def needed_keys(self, unit_sets: Iterable[UnitSet]) -> list[str]:
-        """File keys of the blocks that ``unit_sets`` use and this layer does not hold yet."""
+    def needed_keys(self, groups: Iterable[Rows]) -> list[str]:
+        """File keys of the blocks of ``groups`` that this layer does not hold yet."""
         held = self._blocks()
         held_bias = self._bias_blocks()
         keys = []
-        for out_units, in_units in row_groups(unit_sets, self.in_layout.split):
+        for out_units, in_units in groups:
             for a in out_units:
                 for b in (in_units or (None,)):
                     if (a, b) not in held:
@@ -197,16 +208,18 @@ class SharedConv2d(nn.Module):
                     keys.append(block_key(self.name, a, None, "bias"))
         return keys
 
-    def update(self, unit_sets: Iterable[UnitSet], fetch: Fetch) -> None:
-        """Holds exactly the blocks ``unit_sets`` use: groups whose units do not change are
-        kept as they are, others are assembled from the blocks held and the missing ones,
-        which ``fetch(keys)`` reads. Blocks no longer used are freed with the old state."""
+    def update(self, unit_sets: Iterable[UnitSet], fetch: Fetch, layout: str = "blocks") -> None:
+        """Holds the groups of ``unit_sets`` in ``layout`` (``"blocks"``: exactly the blocks
+        they use; ``"union"``: one tensor over their units): groups whose units do not change
+        are kept as they are, others are assembled from the blocks held and the missing ones,
+        which ``fetch(keys)`` reads. Blocks no longer held are freed with the old state."""
         unit_sets = sorted(set(unit_sets))
-        fetched = fetch(self.needed_keys(unit_sets)) if unit_sets else {}
+        rows = LAYOUTS[layout](unit_sets, self.in_layout.split)
+        fetched = fetch(self.needed_keys(rows)) if rows else {}
         old = {(g.out_units, g.in_units): g for g in self.state.groups}
         held = held_bias = None
         groups = []
-        for out_units, in_units in row_groups(unit_sets, self.in_layout.split):
+        for out_units, in_units in rows:
             group = old.get((out_units, in_units))
             if group is None:
                 if held is None:

@@ -216,10 +216,13 @@ class UnitFile:
         if missing:
             raise ValueError(f"path: {self.path} lacks {len(missing)} tensors of its model, "
                              f"e.g. {missing[0]!r}")
-        for key, (_, shape) in expected.items():
+        for key, (dtype, shape) in expected.items():
             if self.entries[key][1] != shape:
                 raise ValueError(f"path: {self.path}: tensor {key!r} has shape "
                                  f"{list(self.entries[key][1])}, its model needs {list(shape)}")
+            if self.entries[key][0] != dtype:
+                raise ValueError(f"path: {self.path}: tensor {key!r} is "
+                                 f"{self.entries[key][0]}, its model needs {dtype}")
 
     def config_keys(self, task: int, level: int) -> tuple[list[str], list[str]]:
         """(parameter keys, buffer keys) of the tensors task ``task`` at level ``level``
