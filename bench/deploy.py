@@ -19,7 +19,7 @@ Sections (the targets of issue 14):
   in use): parameters held against the sum of 4 static exports, and batch-1 latency of each
   task against its static export.
 * latency: ``load_level`` against ``dvn.to_static`` of the trained model, every level of task
-  1, batch 1 and 16, side by side (medians).
+  1, batch 1 and 16, side by side: medians, and the median of the per-round ratios.
 * threads: 4 threads calling different (task, level)s of one deployment; outputs compared
   with single-threaded ones.
 """
@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
+import statistics
 import sys
 import tempfile
 import threading
@@ -38,7 +40,7 @@ import torch
 import dvn
 import dvn.deploy as dd
 from bench.conv import machine_name
-from bench.timing import time_side_by_side, write_results
+from bench.timing import write_results
 
 SIZE, TASKS = 64, 4
 MB = 1e6
@@ -69,6 +71,32 @@ def measure(fn, cold: str | None = None) -> tuple[object, dict[str, float]]:
     b = io_counters()
     return result, {"rchar": b["rchar"] - a["rchar"] - a["_own"],
                     "disk": b["read_bytes"] - a["read_bytes"], "s": seconds}
+
+
+def paired(fns: dict, base: str, rounds: int, warmup: int = 2) -> dict[str, float]:
+    """Side by side: each round runs every function once (shuffled order, one untimed call
+    before each timed one). Returns each function's median ms and, as ``<name>/<base>``, the
+    median over rounds of its time divided by ``base``'s time in the same round: on a shared
+    machine, a paired ratio cancels the load that changes from round to round."""
+    rng = random.Random(0)
+    order = list(fns)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            fns[name]()
+            t = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t)
+    out = {f"{name}_ms": 1e3 * statistics.median(ts) for name, ts in times.items()}
+    for name in fns:
+        if name != base:
+            out[f"{name}/{base}"] = statistics.median(
+                a / b for a, b in zip(times[name], times[base]))
+    return out
 
 
 def randomized(model: torch.nn.Module) -> torch.nn.Module:
@@ -218,10 +246,9 @@ def shared_rows(model, units: str, repeats: int) -> list[dict]:
             with torch.no_grad():
                 torch.testing.assert_close(deps["union"](x, t), deps["blocks"](x, t),
                                            atol=1e-4, rtol=1e-4)
-                times = time_side_by_side({**fns, "static": lambda: static(x)},
-                                          repeats=repeats, warmup=2)
+                times = paired({**fns, "static": lambda: static(x)}, "static", repeats)
             for layout in deps:
-                row[f"latency_ratio_{layout}"][t] = times[layout] / times["static"]
+                row[f"latency_ratio_{layout}"][t] = times[f"{layout}/static"]
         rows.append(row)
     for dep in deps.values():
         dep.close()
@@ -237,13 +264,10 @@ def latency_rows(model, units: str, repeats: int, batches=(1, 16)) -> list[dict]
             x = torch.randn(b, 3, SIZE, SIZE)
             with torch.no_grad():
                 assert torch.equal(loaded(x), static(x))
-                t = time_side_by_side({"load_level": lambda: loaded(x),
-                                       "to_static": lambda: static(x)},
-                                      repeats=repeats if b == 1 else max(7, repeats // 3),
-                                      warmup=2)
-            rows.append({"level": level, "batch": b, "load_level_ms": 1e3 * t["load_level"],
-                         "to_static_ms": 1e3 * t["to_static"],
-                         "ratio": t["load_level"] / t["to_static"]})
+                t = paired({"load_level": lambda: loaded(x), "to_static": lambda: static(x)},
+                           "to_static", repeats if b == 1 else max(7, repeats // 3))
+            rows.append({"level": level, "batch": b, "load_level_ms": t["load_level_ms"],
+                         "to_static_ms": t["to_static_ms"], "ratio": t["load_level/to_static"]})
     return rows
 
 
@@ -273,34 +297,46 @@ def thread_rows(units: str, threads: int = 4, calls: int = 8) -> dict:
     return {"threads": threads, "calls": done[0], "configs": configs, "unequal": len(bad)}
 
 
-def report(results: dict) -> list[str]:
-    out = ["", "## layout: level 1 of task 1, its conv weights", "",
+def layout_table(rows: list[dict]) -> list[str]:
+    out = ["## layout: level 1 of task 1, its conv weights", "",
            "| how | needed MB | read, rchar MB | read from disk MB | disk / needed |",
            "|---|---|---|---|---|"]
-    for r in results["layout"]:
+    for r in rows:
         out.append(f"| {r['how']} | {r['needed_bytes'] / MB:.2f} | {r['rchar'] / MB:.2f} | "
                    f"{r['disk'] / MB:.2f} | {r['disk'] / r['needed_bytes']:.2f}x |")
-    out += ["", "## load_level", "",
-            "| task | level | parameters | parameter MB held | parameters x 4 B | MB read "
-            "| read / level bytes | read / parameter bytes |", "|---|---|---|---|---|---|---|---|"]
-    for r in results["load"]:
+    return out
+
+
+def load_table(rows: list[dict]) -> list[str]:
+    out = ["## load_level", "",
+           "| task | level | parameters | parameter MB held | parameters x 4 B | MB read "
+           "| read / level bytes | read / parameter bytes |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
         out.append(f"| {r['task']} | {r['level']} | {r['parameters']:,} | "
                    f"{r['parameter_bytes_held'] / MB:.3f} | {4 * r['count_parameters'] / MB:.3f} | "
                    f"{r['bytes_read'] / MB:.3f} | {r['read_ratio']:.3f}x | "
                    f"{r['read_vs_parameter_bytes']:.3f}x |")
-    out += ["", "## grow and shrink", "",
-            "| task | from | to | MB read | added blocks MB | read / added | MB held | "
-            "level MB | equal to a direct load |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in results["grow"]:
+    return out
+
+
+def grow_table(rows: list[dict]) -> list[str]:
+    out = ["## grow and shrink", "",
+           "| task | from | to | MB read | added blocks MB | read / added | MB held | "
+           "level MB | equal to a direct load |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
         ratio = "-" if r["read_vs_added"] is None else f"{r['read_vs_added']:.3f}x"
         out.append(f"| {r['task']} | {r['from']} | {r['to']} | {r['bytes_read'] / MB:.3f} | "
                    f"{r['added_block_bytes'] / MB:.3f} | {ratio} | {r['held_bytes'] / MB:.2f} | "
                    f"{r['level_bytes'] / MB:.2f} | {r['equal_to_direct_load']} |")
-    out += ["", "## all 4 tasks at one level: held parameters, latency / static export (batch 1)",
-            "", "| level | sum of 4 exports | blocks: held | held / exports | latency, tasks 1-4 "
-            "| convs per layer | union: held | held / exports | latency, tasks 1-4 |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for r in results["shared"]:
+    return out
+
+
+def shared_table(rows: list[dict]) -> list[str]:
+    out = ["## all 4 tasks at one level: held parameters, latency / static export (batch 1)",
+           "", "| level | sum of 4 exports | blocks: held | held / exports | latency, tasks 1-4 "
+           "| convs per layer | union: held | held / exports | latency, tasks 1-4 |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
         cells = [str(r["level"]), f"{r['sum_of_exports'] / 1e6:.2f}M"]
         for layout in dd.LAYOUTS:
             held = r[f"held_{layout}"]
@@ -309,22 +345,37 @@ def report(results: dict) -> list[str]:
             if layout == "blocks":
                 cells.append(" / ".join(str(v) for v in r["convs_per_layer_blocks"].values()))
         out.append("| " + " | ".join(cells) + " |")
-    out += ["", "## latency: load_level vs dvn.to_static (task 1)", "",
-            "| level | batch | load_level ms | to_static ms | ratio |", "|---|---|---|---|---|"]
-    for r in results["latency"]:
+    return out
+
+
+def latency_table(rows: list[dict]) -> list[str]:
+    out = ["## latency: load_level vs dvn.to_static (task 1)", "",
+           "| level | batch | load_level ms | to_static ms | ratio (median of rounds) |",
+           "|---|---|---|---|---|"]
+    for r in rows:
         out.append(f"| {r['level']} | {r['batch']} | {r['load_level_ms']:.2f} | "
                    f"{r['to_static_ms']:.2f} | {r['ratio']:.3f} |")
-    t = results["threads"]
-    out += ["", f"## threads: {t['threads']} threads, {t['calls']} calls over {len(t['configs'])}"
-            f" configurations: {t['unequal']} outputs differ from the single-threaded ones"]
     return out
+
+
+def threads_table(t: dict) -> list[str]:
+    return [f"## threads: {t['threads']} threads, {t['calls']} calls over {len(t['configs'])} "
+            f"configurations: {t['unequal']} outputs differ from the single-threaded ones"]
+
+
+TABLES = {"layout": layout_table, "load": load_table, "grow": grow_table,
+          "shared": shared_table, "latency": latency_table, "threads": threads_table}
+
+
+SECTIONS = tuple(TABLES)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--repeats", type=int, default=25, help="timed rounds at batch 1")
+    p.add_argument("--repeats", type=int, default=41, help="timed rounds at batch 1")
     p.add_argument("--depth", type=int, default=42, help="ResNet depth (default 42)")
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--dir", default=None, help="folder for the model files (default: a "
                    "temporary folder; 250 MB)")
@@ -342,21 +393,22 @@ def main(argv: list[str] | None = None) -> int:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, plain)
         file = dd.UnitFile(units)
         results = {"header_bytes": file.bytes_read, "file_bytes": os.path.getsize(units)}
-        sections = [("layout", lambda: layout_rows(model, units, plain, file)),
-                    ("load", lambda: load_rows(model, units, file)),
-                    ("grow", lambda: grow_rows(model, units, file)),
-                    ("shared", lambda: shared_rows(model, units, args.repeats)),
-                    ("latency", lambda: latency_rows(model, units, args.repeats)),
-                    ("threads", lambda: thread_rows(units))]
-        for name, fn in sections:
+        sections = {"layout": lambda: layout_rows(model, units, plain, file),
+                    "load": lambda: load_rows(model, units, file),
+                    "grow": lambda: grow_rows(model, units, file),
+                    "shared": lambda: shared_rows(model, units, args.repeats),
+                    "latency": lambda: latency_rows(model, units, args.repeats),
+                    "threads": lambda: thread_rows(units)}
+        for name in args.sections:
             t = time.perf_counter()
-            results[name] = fn()
+            results[name] = sections[name]()
             print(f"# {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
         file.close()
     print(f"# unit file: {results['file_bytes'] / MB:.1f} MB, header "
           f"{results['header_bytes'] / 1e3:.0f} kB")
-    for line in report(results):
-        print(line)
+    for name in args.sections:
+        for line in ["", *TABLES[name](results[name])]:
+            print(line)
     if args.json:
         meta = {"machine": where, "threads": torch.get_num_threads(), "torch": torch.__version__,
                 "command": "python -m bench.deploy " + " ".join(
