@@ -89,10 +89,12 @@ class Profile:
             keys.append(f"latency_ms_b{batch}")
         lines = []
         if self.meta:
+            reps = self.meta.get("repeats", "?")
+            if batch and batch != 1 and isinstance(reps, int):
+                reps = f"{reps} (batch 1) and {_batch_repeats(reps)} (batch {batch})"
             lines += [f"Profile of {self.meta.get('file', '?')} on {self.meta.get('machine', '?')}"
                       f" ({self.meta.get('device', '?')}, torch {self.meta.get('torch', '?')}): "
-                      f"each level loaded alone; medians of {self.meta.get('repeats', '?')} "
-                      "calls after warm-up.", ""]
+                      f"each level loaded alone; medians of {reps} calls after warm-up.", ""]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
             name = r.get("task_name")
@@ -169,7 +171,7 @@ def profile(path: PathLike, *, device: Union[str, torch.device] = "cpu", batch: 
             row["task_name"] = task_names[task - 1]
         size, ch = model.input_sizes[task - 1], model.image_channels[task - 1]
         for b in sorted({1, batch}):
-            reps = repeats if b == 1 else max(3, repeats // 3)
+            reps = repeats if b == 1 else _batch_repeats(repeats)
             row[f"latency_ms_b{b}"] = 1e3 * _seconds(static, (b, ch, size, size), reps, device)
         rows.append(row)
         static = None  # freed before the next level loads
@@ -177,6 +179,11 @@ def profile(path: PathLike, *, device: Union[str, torch.device] = "cpu", batch: 
             "machine": machine(device), "device": str(device), "torch": torch.__version__,
             "batch": batch, "repeats": repeats, "dtype": "float32"}
     return Profile(rows, meta)
+
+
+def _batch_repeats(repeats: int) -> int:
+    """Timed calls at the larger batch: fewer, each one is longer."""
+    return max(3, repeats // 3)
 
 
 def _seconds(model: torch.nn.Module, shape: tuple[int, ...], repeats: int,
