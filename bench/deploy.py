@@ -297,65 +297,63 @@ def thread_rows(units: str, threads: int = 4, calls: int = 8) -> dict:
     return {"threads": threads, "calls": done[0], "configs": configs, "unequal": len(bad)}
 
 
+def table(title: str, columns: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table under a heading."""
+    return [f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
+            *("| " + " | ".join(cells) + " |" for cells in rows)]
+
+
 def layout_table(rows: list[dict]) -> list[str]:
-    out = ["## layout: level 1 of task 1, its conv weights", "",
-           "| how | needed MB | read, rchar MB | read from disk MB | disk / needed |",
-           "|---|---|---|---|---|"]
-    for r in rows:
-        out.append(f"| {r['how']} | {r['needed_bytes'] / MB:.2f} | {r['rchar'] / MB:.2f} | "
-                   f"{r['disk'] / MB:.2f} | {r['disk'] / r['needed_bytes']:.2f}x |")
-    return out
+    return table("layout: level 1 of task 1, its conv weights",
+                 ["how", "needed MB", "read, rchar MB", "read from disk MB", "disk / needed"],
+                 [[r["how"], f"{r['needed_bytes'] / MB:.2f}", f"{r['rchar'] / MB:.2f}",
+                   f"{r['disk'] / MB:.2f}", f"{r['disk'] / r['needed_bytes']:.2f}x"]
+                  for r in rows])
 
 
 def load_table(rows: list[dict]) -> list[str]:
-    out = ["## load_level", "",
-           "| task | level | parameters | parameter MB held | parameters x 4 B | MB read "
-           "| read / level bytes | read / parameter bytes |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        out.append(f"| {r['task']} | {r['level']} | {r['parameters']:,} | "
-                   f"{r['parameter_bytes_held'] / MB:.3f} | {4 * r['count_parameters'] / MB:.3f} | "
-                   f"{r['bytes_read'] / MB:.3f} | {r['read_ratio']:.3f}x | "
-                   f"{r['read_vs_parameter_bytes']:.3f}x |")
-    return out
+    return table("load_level",
+                 ["task", "level", "parameters", "parameter MB held", "parameters x 4 B",
+                  "MB read", "read / level bytes", "read / parameter bytes"],
+                 [[str(r["task"]), str(r["level"]), f"{r['parameters']:,}",
+                   f"{r['parameter_bytes_held'] / MB:.3f}", f"{4 * r['count_parameters'] / MB:.3f}",
+                   f"{r['bytes_read'] / MB:.3f}", f"{r['read_ratio']:.3f}x",
+                   f"{r['read_vs_parameter_bytes']:.3f}x"] for r in rows])
 
 
 def grow_table(rows: list[dict]) -> list[str]:
-    out = ["## grow and shrink", "",
-           "| task | from | to | MB read | added blocks MB | read / added | MB held | "
-           "level MB | equal to a direct load |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        ratio = "-" if r["read_vs_added"] is None else f"{r['read_vs_added']:.3f}x"
-        out.append(f"| {r['task']} | {r['from']} | {r['to']} | {r['bytes_read'] / MB:.3f} | "
-                   f"{r['added_block_bytes'] / MB:.3f} | {ratio} | {r['held_bytes'] / MB:.2f} | "
-                   f"{r['level_bytes'] / MB:.2f} | {r['equal_to_direct_load']} |")
-    return out
+    return table("grow and shrink",
+                 ["task", "from", "to", "MB read", "added blocks MB", "read / added", "MB held",
+                  "level MB", "equal to a direct load"],
+                 [[str(r["task"]), str(r["from"]), str(r["to"]), f"{r['bytes_read'] / MB:.3f}",
+                   f"{r['added_block_bytes'] / MB:.3f}",
+                   "-" if r["read_vs_added"] is None else f"{r['read_vs_added']:.3f}x",
+                   f"{r['held_bytes'] / MB:.2f}", f"{r['level_bytes'] / MB:.2f}",
+                   str(r["equal_to_direct_load"])] for r in rows])
 
 
 def shared_table(rows: list[dict]) -> list[str]:
-    out = ["## all 4 tasks at one level: held parameters, latency / static export (batch 1)",
-           "", "| level | sum of 4 exports | blocks: held | held / exports | latency, tasks 1-4 "
-           "| convs per layer | union: held | held / exports | latency, tasks 1-4 |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    cells = []
     for r in rows:
-        cells = [str(r["level"]), f"{r['sum_of_exports'] / 1e6:.2f}M"]
+        row = [str(r["level"]), f"{r['sum_of_exports'] / 1e6:.2f}M"]
         for layout in dd.LAYOUTS:
             held = r[f"held_{layout}"]
-            cells += [f"{held / 1e6:.2f}M", f"{held / r['sum_of_exports']:.2f}",
-                      " / ".join(f"{v:.2f}" for v in r[f"latency_ratio_{layout}"].values())]
+            row += [f"{held / 1e6:.2f}M", f"{held / r['sum_of_exports']:.2f}",
+                    " / ".join(f"{v:.2f}" for v in r[f"latency_ratio_{layout}"].values())]
             if layout == "blocks":
-                cells.append(" / ".join(str(v) for v in r["convs_per_layer_blocks"].values()))
-        out.append("| " + " | ".join(cells) + " |")
-    return out
+                row.append(" / ".join(str(v) for v in r["convs_per_layer_blocks"].values()))
+        cells.append(row)
+    return table("all 4 tasks at one level: held parameters, latency / static export (batch 1)",
+                 ["level", "sum of 4 exports", "blocks: held", "held / exports",
+                  "latency, tasks 1-4", "convs per layer", "union: held", "held / exports",
+                  "latency, tasks 1-4"], cells)
 
 
 def latency_table(rows: list[dict]) -> list[str]:
-    out = ["## latency: load_level vs dvn.to_static (task 1)", "",
-           "| level | batch | load_level ms | to_static ms | ratio (median of rounds) |",
-           "|---|---|---|---|---|"]
-    for r in rows:
-        out.append(f"| {r['level']} | {r['batch']} | {r['load_level_ms']:.2f} | "
-                   f"{r['to_static_ms']:.2f} | {r['ratio']:.3f} |")
-    return out
+    return table("latency: load_level vs dvn.to_static (task 1)",
+                 ["level", "batch", "load_level ms", "to_static ms", "ratio (median of rounds)"],
+                 [[str(r["level"]), str(r["batch"]), f"{r['load_level_ms']:.2f}",
+                   f"{r['to_static_ms']:.2f}", f"{r['ratio']:.3f}"] for r in rows])
 
 
 def threads_table(t: dict) -> list[str]:
