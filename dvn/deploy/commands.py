@@ -148,5 +148,19 @@ def _infer(a) -> int:
     return 0
 
 
+def _one_line_os_errors(handler):
+    """A file that exists but cannot be read or written (permissions, a full disk) as the
+    CLI's one-line error, naming the file."""
+    def run(a) -> int:
+        try:
+            return handler(a)
+        except OSError as e:
+            if isinstance(e, FileNotFoundError):
+                raise
+            name = e.filename2 or e.filename or "file"   # a rename names its target second
+            raise ValueError(f"{name}: {e.strerror or e}") from None
+    return run
+
+
 #: command -> handler, for the CLI's dispatch
-HANDLERS = {"profile": _profile, "infer": _infer}
+HANDLERS = {"profile": _one_line_os_errors(_profile), "infer": _one_line_os_errors(_infer)}
