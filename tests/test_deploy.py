@@ -214,6 +214,15 @@ def test_tasks_share_their_blocks_once(k4):
     assert conv(union) == 4 * conv(dep)
     with pytest.raises(ValueError, match="layout: expected one of blocks, union"):
         dd.Deployment(path, mixed, layout="rows")
+    with pytest.raises(ValueError, match="backend: unknown backend 'gpu'"):
+        dd.Deployment(path, mixed, backend="gpu")
+    # deployments opened on one file each hold their own blocks
+    with dd.UnitFile(path) as f:
+        a, b = dd.Deployment(f, {1: 1}), dd.Deployment(f, {2: 2})
+        with torch.no_grad():
+            torch.testing.assert_close(b(x[2], 2), model(x[2], task=2, level=2), atol=1e-5,
+                                       rtol=1e-5)
+        assert a.parameters_held() < b.parameters_held()
     dep.close()
     union.close()
 

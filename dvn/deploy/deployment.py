@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Optional, Union
 import torch
 import torch.nn as nn
 
+import dvn_kernels
+
 from ..export import to_static
 from .shared import LAYOUTS, SharedConv2d
 from .unitfile import PathLike, UnitFile, private_prefixes, sliced_convs, stem_tasks
@@ -100,11 +102,14 @@ class Deployment:
                  layout: str = "blocks") -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
+        if backend not in dvn_kernels.BACKENDS:
+            raise ValueError(f"backend: unknown backend {backend!r}; choose one of "
+                             f"{', '.join(dvn_kernels.BACKENDS)}")
         self.layout = layout
         self.file = path if isinstance(path, UnitFile) else UnitFile(path)
         self.device = torch.device(device)
         self.backend = backend
-        model = self.file.skeleton
+        model = copy.deepcopy(self.file.skeleton)  # on the meta device: no memory; ours to edit
         self.networks = model.networks
         self._stems = stem_tasks(model)
         self._convs: dict[str, SharedConv2d] = {}
