@@ -5,6 +5,8 @@
     dvn eval runs/fmnist-joint --baseline runs/fmnist-joint-t1l2 ...
     dvn export runs/fmnist-joint --task 1 --level 1 --out t1l1.pt2
     dvn bench --units 2 4
+    dvn profile runs/fmnist-joint                  # latency and memory of every (task, level)
+    dvn infer runs/fmnist-joint --task 1 --budget-ms 2 images/
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
 
     sub.add_parser("list", help="list scenarios and presets")
+    from .deploy.commands import add_commands
+    add_commands(sub, _positive)  # profile, infer
     return top
 
 
@@ -237,8 +241,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import torch
         torch.set_num_threads(threads)
     try:
+        from .deploy.commands import HANDLERS as deploy_handlers
         return {"train": _train, "eval": _eval, "export": _export, "bench": _bench,
-                "list": _list}[a.command](a)
+                "list": _list, **deploy_handlers}[a.command](a)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
         p.exit(2, f"dvn {a.command}: error: {e}\n")
     except KeyboardInterrupt:
