@@ -100,6 +100,24 @@ void check_within(const ChannelRanges& r, int64_t channels, const char* name, co
                     ", outside the ", channels, " ", what, " channels of the weight");
 }
 
+// The number of groups the ranges hold, when both sides hold the same whole groups (group sizes
+// c_in_g and c_out_g); throws otherwise: the kernels compute whole groups only.
+int64_t whole_groups(const ChannelRanges& in, const ChannelRanges& out, int64_t c_in_g,
+                     int64_t c_out_g) {
+  bool ok = in.count() == out.count();
+  for (int i = 0; ok && i < in.count(); ++i) {
+    ok = in.start(i) % c_in_g == 0 && in.length(i) % c_in_g == 0 &&
+         out.start(i) % c_out_g == 0 && out.length(i) % c_out_g == 0 &&
+         in.start(i) / c_in_g == out.start(i) / c_out_g &&
+         in.length(i) / c_in_g == out.length(i) / c_out_g;
+  }
+  TORCH_CHECK_VALUE(ok, "groups: the kernels compute whole groups, the same on both sides (",
+                    c_in_g, " input and ", c_out_g, " output channels each); in_segments and "
+                    "out_segments cut through a group or differ; backends 'reference' and "
+                    "'masked' compute any segments");
+  return out.total() / c_out_g;
+}
+
 }  // namespace
 
 ConvProblem make_problem(at::IntArrayRef x_sizes, const at::Tensor& weight,
@@ -123,10 +141,14 @@ ConvProblem make_problem(at::IntArrayRef x_sizes, const at::Tensor& weight,
   TORCH_CHECK_VALUE(p.stride[0] >= 1 && p.stride[1] >= 1 && p.dilation[0] >= 1 &&
                         p.dilation[1] >= 1,
                     "spec: stride and dilation must be >= 1 in '", spec, "'");
-  TORCH_CHECK_NOT_IMPLEMENTED(p.groups == 1, "groups: the native kernels support groups=1 only, "
-                              "got ", p.groups);
-  check_within(p.in, weight.size(1), "in_segments", "input");
+  TORCH_CHECK_VALUE(p.groups >= 1, "groups: must be >= 1, got ", p.groups);
+  TORCH_CHECK_VALUE(weight.size(0) % p.groups == 0, "groups: weight's C_out=", weight.size(0),
+                    " is not divisible by groups=", p.groups);
+  check_within(p.in, weight.size(1) * p.groups, "in_segments", "input");
   check_within(p.out, weight.size(0), "out_segments", "output");
+  if (p.groups > 1) {
+    p.active_groups = whole_groups(p.in, p.out, weight.size(1), weight.size(0) / p.groups);
+  }
   p.in_channels = p.in.total();
   p.out_channels = p.out.total();
   TORCH_CHECK_VALUE(x_sizes[1] == p.in_channels, "x: has ", x_sizes[1],

@@ -27,7 +27,8 @@ namespace dvn {
 struct ConvProblem {
   ChannelRanges in;   // active input channels of the weight
   ChannelRanges out;  // active output channels of the weight
-  int64_t groups = 1;
+  int64_t groups = 1;         // the weight's groups (spec): weight is (C_out, C_in / groups, ...)
+  int64_t active_groups = 1;  // groups the ranges hold (whole groups, the same on both sides)
   std::array<int64_t, 2> stride{1, 1}, padding{0, 0}, dilation{1, 1};
   int64_t batch = 0;
   int64_t in_channels = 0;   // compact: in.total()
@@ -42,9 +43,9 @@ struct ConvProblem {
   }
 };
 
-// Parses `spec`, checks it against `weight` (4-D, floating; ranges inside its channels) and the
-// compact input sizes `x_sizes` against it, and computes the output size. Throws a c10 error
-// naming the bad argument.
+// Parses `spec`, checks it against `weight` (4-D, floating; ranges inside its channels; with
+// groups, ranges of whole groups, the same groups on both sides) and the compact input sizes
+// `x_sizes` against it, and computes the output size. Throws a c10 error naming the bad argument.
 ConvProblem make_problem(at::IntArrayRef x_sizes, const at::Tensor& weight,
                          c10::string_view spec);
 

@@ -11,7 +11,8 @@
   float64; available when the extension was built with CUDA.
 - ``auto``: ``cpu`` on CPU tensors of a supported dtype; on CUDA tensors ``triton``, then
   ``cuda`` (float64), then ``reference``. The GPU order is provisional until bench.gpu has
-  measured both kernels on a GPU.
+  measured both kernels on a GPU. A convolution the chosen kernel cannot run (grouped with
+  segments that cut through a group; grouped on a GPU, for now) runs on ``reference``.
 """
 
 from __future__ import annotations
@@ -126,12 +127,49 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
 Implementation = Callable[[ConvPlan, torch.Tensor, torch.Tensor, Optional[torch.Tensor]],
                           torch.Tensor]
 
+def kernel_unsupported(backend: str, plan: ConvPlan) -> Optional[str]:
+    """Why the kernel backend cannot run ``plan``, or None when it can."""
+    if plan.kernel_reason is not None:
+        return plan.kernel_reason
+    if plan.groups > 1 and backend in ("triton", "cuda"):
+        return (f"groups: the {backend} kernels support groups=1 only so far, got "
+                f"{plan.groups}; backends 'reference' and 'masked' compute grouped convolutions")
+    return None
+
+
+def _kernel(backend: str, run: Implementation) -> Implementation:
+    """``run`` for the plans the kernel can run; a clear error for the others."""
+    def checked(plan, x, weight, bias):
+        if plan.groups > 1:  # only grouped plans can be beyond the kernels
+            why = kernel_unsupported(backend, plan)
+            if why is not None:
+                raise NotImplementedError(f"backend: {backend!r} cannot run this "
+                                          f"convolution: {why}")
+        return run(plan, x, weight, bias)
+    return checked
+
+
+def _auto(backend: str, run: Implementation) -> Implementation:
+    """``auto``'s kernel ``run``, or ``reference`` for the plans the kernel cannot run."""
+    def chosen(plan, x, weight, bias):
+        if plan.groups > 1 and kernel_unsupported(backend, plan) is not None:
+            return reference_conv2d(plan, x, weight, bias)
+        return run(plan, x, weight, bias)
+    return chosen
+
+
 IMPLEMENTATIONS: dict[str, Implementation] = {
     "reference": reference_conv2d,
     "masked": masked_conv2d,
-    "cpu": native_conv2d,
-    "triton": _triton_conv2d,
-    "cuda": native_conv2d,
+    "cpu": _kernel("cpu", native_conv2d),
+    "triton": _kernel("triton", _triton_conv2d),
+    "cuda": _kernel("cuda", native_conv2d),
+}
+_AUTO: dict[str, Implementation] = {
+    "reference": reference_conv2d,
+    "cpu": _auto("cpu", native_conv2d),
+    "triton": _auto("triton", _triton_conv2d),
+    "cuda": _auto("cuda", native_conv2d),
 }
 
 _CHOSEN: dict[tuple[str, torch.device, torch.dtype], Implementation] = {}
@@ -141,10 +179,15 @@ def implementation(backend: str, x: torch.Tensor) -> Implementation:
     """The function that runs ``backend`` for tensors like ``x``: resolve_backend, remembered
     per (backend, device, dtype) so that the hot path pays a dict lookup."""
     if torch.compiler.is_compiling() or type(backend) is not str:  # the latter: a clear error
-        return IMPLEMENTATIONS[resolve_backend(backend, x)]
+        return _resolve(backend, x)
     key = (backend, x.device, x.dtype)
     impl = _CHOSEN.get(key)
     if impl is None:
-        impl = IMPLEMENTATIONS[resolve_backend(backend, x)]
+        impl = _resolve(backend, x)
         _CHOSEN[key] = impl
     return impl
+
+
+def _resolve(backend: str, x: torch.Tensor) -> Implementation:
+    name = resolve_backend(backend, x)
+    return _AUTO[name] if backend == "auto" else IMPLEMENTATIONS[name]

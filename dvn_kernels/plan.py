@@ -9,6 +9,13 @@ The kernel ops take at most two ranges per side. A side with more ranges (possib
 more units) is gathered before dispatch: the plan lists its channels, the weight side is copied
 compact (``index_select``, whose gradient scatters back) and the kernels see one range there.
 
+Grouped convolutions (``groups`` as in ``F.conv2d``: weight ``(C_out, C_in / groups, kh, kw)``)
+mean, for any segments: scatter x into the full input channels with zeros, the grouped conv of
+the full weight, the active outputs kept. The kernels compute only the active groups, which
+they can when every group with an active channel is wholly active on both sides
+(``kernel_reason`` is None); otherwise it says why, ``auto`` falls back to ``reference`` and a
+kernel backend asked for by name raises.
+
 The spec string (parsed in C++ by csrc/conv_problem.cpp and here by ``parse_spec``)::
 
     "in=0:16,32:48 out=0:16 stride=1,1 padding=1,1 dilation=1,1 groups=1"
@@ -49,20 +56,25 @@ def _pair(value: IntPair, name: str, minimum: int) -> tuple[int, int]:
 
 
 def _padding(value: Union[IntPair, str], kernel: tuple[int, int], stride: tuple[int, int],
-             dilation: tuple[int, int]) -> tuple[int, int]:
+             dilation: tuple[int, int]
+             ) -> tuple[tuple[int, int], Optional[tuple[int, int, int, int]]]:
+    """(the symmetric padding the kernels take, the extra ``F.pad`` of x or None).
+
+    'same' with an odd total padding in a dimension pads one more on the right (bottom), as
+    ``F.conv2d`` does: that one goes into the extra ``F.pad``.
+    """
     if value == "valid":
-        return 0, 0
+        return (0, 0), None
     if value == "same":
         if stride != (1, 1):
             raise ValueError(f"padding: 'same' needs stride 1, got stride={stride}")
         total = [d * (k - 1) for d, k in zip(dilation, kernel)]
-        if any(t % 2 for t in total):
-            raise ValueError(f"padding: 'same' needs an even dilation*(kernel-1) per dimension "
-                             f"to pad symmetrically, got {tuple(total)}; pass explicit padding")
-        return total[0] // 2, total[1] // 2
+        extra = [t % 2 for t in total]
+        pre_pad = (0, extra[1], 0, extra[0]) if any(extra) else None
+        return (total[0] // 2, total[1] // 2), pre_pad
     if isinstance(value, str):
         raise ValueError(f"padding: expected an int, a pair, 'same' or 'valid', got {value!r}")
-    return _pair(value, "padding", 0)
+    return _pair(value, "padding", 0), None
 
 
 def _ranges_text(segments: ChannelSegments) -> str:
@@ -139,7 +151,9 @@ class ConvPlan:
     ``planned_conv2d``.
 
     ``in_gather`` / ``out_gather`` list the weight channels of a side with more than two
-    ranges (None otherwise); ``spec`` is what the kernel ops take.
+    ranges (None otherwise); ``spec`` is what the kernel ops take; ``pre_pad`` is the
+    ``F.pad`` of x that an asymmetric 'same' padding needs first (None otherwise);
+    ``kernel_reason`` says why the kernels cannot run the plan (None when they can).
     """
 
     weight_shape: tuple[int, int, int, int]
@@ -155,6 +169,8 @@ class ConvPlan:
     min_size: tuple[int, int]  # smallest input height and width the geometry admits
     in_total: int  # active input channels: x's channel count
     out_total: int  # active output channels
+    pre_pad: Optional[tuple[int, int, int, int]] = None
+    kernel_reason: Optional[str] = None
     _indices: dict = field(default_factory=dict, repr=False)  # (side, device) -> index tensor
 
     def output_shape(self, x_shape: Sequence[int]) -> list[int]:
@@ -245,31 +261,76 @@ def _kernel_side(segments: ChannelSegments) -> tuple[ChannelSegments, Optional[t
     return ChannelSegments.full(segments.total), tuple(segments.indices())
 
 
+def _group_blocks(segments: ChannelSegments, size: int) -> Optional[list[tuple[int, int]]]:
+    """(first group, groups) of each range when every range holds whole groups of ``size``
+    channels, else None."""
+    flat = segments.flat()
+    blocks = []
+    for i in range(0, len(flat), 2):
+        if flat[i] % size or flat[i + 1] % size:
+            return None
+        blocks.append((flat[i] // size, flat[i + 1] // size))
+    return blocks
+
+
+def _kernel_groups(ins: ChannelSegments, outs: ChannelSegments, groups: int, c_in_group: int,
+                   c_out_group: int) -> tuple[Optional[str], ChannelSegments, ChannelSegments,
+                                              Optional[tuple[int, ...]], int]:
+    """How the kernels run a grouped plan: (reason they cannot or None, kernel in and out
+    segments, the output channels to gather first or None, the kernels' groups)."""
+    in_blocks = _group_blocks(ins, c_in_group)
+    out_blocks = _group_blocks(outs, c_out_group)
+    if in_blocks is None or out_blocks is None or in_blocks != out_blocks:
+        return (f"groups: the segments must hold whole groups ({c_in_group} input and "
+                f"{c_out_group} output channels each) and the same groups on both sides for "
+                f"the kernels to run them; in_segments {ins!r} and out_segments {outs!r} do "
+                f"not; backends 'reference' and 'masked' compute any segments"), ins, outs, \
+            None, groups
+    if len(in_blocks) <= KERNEL_RANGES:
+        return None, ins, outs, None, groups
+    # More than two ranges: the active groups' rows gathered, then a compact grouped conv.
+    active = sum(n for _, n in in_blocks)
+    return (None, ChannelSegments.full(ins.total), ChannelSegments.full(outs.total),
+            tuple(outs.indices()), active)
+
+
 def _make_plan(weight_shape: Sequence[int], in_segments: SegmentsLike,
                out_segments: SegmentsLike, stride: IntPair, padding: Union[IntPair, str],
                dilation: IntPair, groups: int) -> ConvPlan:
     if isinstance(groups, bool) or not isinstance(groups, int):
         raise TypeError(f"groups: expected an int, got {groups!r}")
-    if groups != 1:
-        raise NotImplementedError(f"groups: only groups=1 is supported by sliced_conv2d, "
-                                  f"got groups={groups!r}")
+    if groups < 1:
+        raise ValueError(f"groups: must be >= 1, got {groups}")
     shape = tuple(int(v) for v in weight_shape)
     if len(shape) != 4:
-        raise ValueError(f"weight: expected a 4-D (C_out, C_in, kh, kw) tensor, got shape {shape}")
-    c_out, c_in, kh, kw = shape
+        raise ValueError(f"weight: expected a 4-D (C_out, C_in / groups, kh, kw) tensor, got "
+                         f"shape {shape}")
+    c_out, c_in_group, kh, kw = shape
+    if c_out % groups:
+        raise ValueError(f"groups: weight's C_out={c_out} is not divisible by groups={groups}")
+    c_in = c_in_group * groups
     ins = as_segments(in_segments, "in_segments")
     outs = as_segments(out_segments, "out_segments")
     ins.check_within(c_in, "in_segments", f"weight (C_in={c_in})")
     outs.check_within(c_out, "out_segments", f"weight (C_out={c_out})")
     stride_ = _pair(stride, "stride", 1)
     dilation_ = _pair(dilation, "dilation", 1)
-    padding_ = _padding(padding, (kh, kw), stride_, dilation_)
-    min_size = tuple(d * (k - 1) + 1 - 2 * p for k, p, d in zip((kh, kw), padding_, dilation_))
-    kernel_ins, in_gather = _kernel_side(ins)
-    kernel_outs, out_gather = _kernel_side(outs)
-    spec = format_spec(kernel_ins, kernel_outs, stride_, padding_, dilation_, groups)
+    padding_, pre_pad = _padding(padding, (kh, kw), stride_, dilation_)
+    extra = (pre_pad[3], pre_pad[1]) if pre_pad else (0, 0)
+    min_size = tuple(d * (k - 1) + 1 - 2 * p - e
+                     for k, p, d, e in zip((kh, kw), padding_, dilation_, extra))
+    reason, in_gather = None, None
+    if groups == 1:
+        kernel_ins, in_gather = _kernel_side(ins)
+        kernel_outs, out_gather = _kernel_side(outs)
+        kernel_groups = 1
+    else:
+        reason, kernel_ins, kernel_outs, out_gather, kernel_groups = _kernel_groups(
+            ins, outs, groups, c_in_group, c_out // groups)
+    spec = format_spec(kernel_ins, kernel_outs, stride_, padding_, dilation_, kernel_groups)
     return ConvPlan(shape, ins, outs, stride_, padding_, dilation_, groups, spec, in_gather,
-                    out_gather, min_size, ins.total, outs.total)  # type: ignore[arg-type]
+                    out_gather, min_size, ins.total, outs.total, pre_pad,  # type: ignore[arg-type]
+                    reason)
 
 
 _PLANS: dict[tuple, ConvPlan] = {}

@@ -11,19 +11,45 @@ from .channels import oneDNN_safe, scatter_channels, take_channels
 from .plan import ConvPlan
 
 
+def _conv(plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+          groups: int) -> torch.Tensor:
+    safe = oneDNN_safe(x)
+    y = F.conv2d(safe, weight, bias, plan.stride, plan.padding, plan.dilation, groups)
+    return y if safe is x else y.contiguous(memory_format=torch.channels_last)
+
+
+def _grouped_block(plan: ConvPlan, weight: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The active block of a grouped weight and the groups to convolve it with.
+
+    Whole groups on both sides (the kernels' case): the active output rows and as many groups
+    as are active. Otherwise the literal meaning as one dense block: entry (o, i) is the weight
+    that joins output channel o to input channel i when they are in one group, else zero.
+    """
+    rows = take_channels(weight, 0, plan.out_segments.flat())
+    c_in_group, c_out_group = weight.shape[1], weight.shape[0] // plan.groups
+    if plan.kernel_reason is None:
+        return rows, plan.out_total // c_out_group
+    ins = torch.tensor(plan.in_segments.indices(), device=weight.device)
+    outs = torch.tensor(plan.out_segments.indices(), device=weight.device)
+    same_group = (outs[:, None] // c_out_group) == (ins[None, :] // c_in_group)
+    dense = rows.index_select(1, ins % c_in_group)
+    return dense * same_group[:, :, None, None].to(dense.dtype), 1
+
+
 def reference_conv2d(plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
                      bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """``conv2d(x, weight[out_idx][:, in_idx], bias[out_idx])``: slice, then a dense conv.
+    """``conv2d(x, weight[out_idx][:, in_idx], bias[out_idx])``: slice, then a dense conv
+    (grouped convolutions: the active groups' rows, or the literal dense block).
 
     The correctness oracle; also "slice + dense conv", what width-adaptive projects do today
     (the sliced weight is copied on every call and its gradient is a zero-filled full tensor).
     """
     ins, outs = plan.in_segments.flat(), plan.out_segments.flat()
-    w = take_channels(take_channels(weight, 0, outs), 1, ins)
     b = take_channels(bias, 0, outs) if bias is not None else None
-    safe = oneDNN_safe(x)
-    y = F.conv2d(safe, w, b, plan.stride, plan.padding, plan.dilation)
-    return y if safe is x else y.contiguous(memory_format=torch.channels_last)
+    if plan.groups == 1:
+        return _conv(plan, x, take_channels(take_channels(weight, 0, outs), 1, ins), b, 1)
+    block, groups = _grouped_block(plan, weight)
+    return _conv(plan, x, block, b, groups)
 
 
 def masked_conv2d(plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
@@ -32,9 +58,6 @@ def masked_conv2d(plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
 
     The baseline: every level costs as much as the full network.
     """
-    x_full = scatter_channels(x, 1, plan.in_segments.flat(), weight.shape[1])
-    safe = oneDNN_safe(x_full)
-    y_full = F.conv2d(safe, weight, bias, plan.stride, plan.padding, plan.dilation)
-    if safe is not x_full:
-        y_full = y_full.contiguous(memory_format=torch.channels_last)
+    x_full = scatter_channels(x, 1, plan.in_segments.flat(), weight.shape[1] * plan.groups)
+    y_full = _conv(plan, x_full, weight, bias, plan.groups)
     return take_channels(y_full, 1, plan.out_segments.flat())

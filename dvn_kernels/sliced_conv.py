@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 
 from .backends import implementation
 from .plan import ConvPlan, IntPair, conv_plan
@@ -17,10 +18,13 @@ def sliced_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
                   backend: str = "auto") -> torch.Tensor:
     """2-D convolution over the active channel ranges of a full weight.
 
-    ``weight`` is the full (C_out, C_in, kh, kw) parameter, read in place; ``bias`` is (C_out,)
-    or None. ``x`` is compact: (N, in_segments.total, H, W), the active input channels in
-    ascending order; the result is compact in the same sense for ``out_segments``. Equal to
-    ``conv2d(x, weight[out_idx][:, in_idx], bias[out_idx], stride, padding, dilation)``.
+    ``weight`` is the full (C_out, C_in / groups, kh, kw) parameter, read in place; ``bias`` is
+    (C_out,) or None. ``x`` is compact: (N, in_segments.total, H, W), the active input channels
+    in ascending order; the result is compact in the same sense for ``out_segments``. Equal to
+    ``conv2d(x, weight[out_idx][:, in_idx], bias[out_idx], stride, padding, dilation)``; with
+    groups, to the grouped conv of the full weight on x scattered into the full input channels
+    (zeros elsewhere), active outputs kept. ``padding='same'`` pads as ``F.conv2d`` does (one
+    more on the right and bottom when the total is odd).
 
     Gradients flow to ``x`` (compact), ``weight`` and ``bias`` (full shape, zero outside the
     active block). Segments are ChannelSegments or sequences of (start, length) pairs.
@@ -35,7 +39,7 @@ def sliced_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     plan = conv_plan(weight.shape, in_segments, out_segments, stride=stride, padding=padding,
                      dilation=dilation, groups=groups)
     plan.check_inputs(x, weight, bias)
-    return implementation(backend, x)(plan, x, weight, bias)
+    return planned_conv2d(plan, x, weight, bias, backend)
 
 
 def planned_conv2d(plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
@@ -46,4 +50,6 @@ def planned_conv2d(plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
     hold (a mismatched tensor raises there), but ``reference`` and ``masked`` report shape
     errors in torch's words. Use ``sliced_conv2d`` for input that has not been checked.
     """
+    if plan.pre_pad is not None:
+        x = F.pad(x, plan.pre_pad)
     return implementation(backend, x)(plan, x, weight, bias)

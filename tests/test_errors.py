@@ -44,7 +44,9 @@ CASES = [
     (dict(dilation=0), ValueError, r"dilation: values must be >= 1"),
     (dict(dilation=1.5), TypeError, r"dilation: expected an int or a pair"),
     # groups and backend
-    (dict(groups=2), NotImplementedError, r"groups: only groups=1 is supported"),
+    (dict(groups=3), ValueError, r"groups: weight's C_out=8 is not divisible by groups=3"),
+    (dict(groups=0), ValueError, r"groups: must be >= 1, got 0"),
+    (dict(groups=1.5), TypeError, r"groups: expected an int"),
     (dict(backend="fast"), ValueError, r"backend: unknown backend 'fast'"),
     (dict(backend=3), TypeError, r"backend: expected a string"),
     # float64 CPU tensors: no Triton path (not on CUDA, not in the interpreter either)
@@ -65,11 +67,23 @@ def test_bad_input_names_the_argument(change, error, message, backend):
         sliced_conv2d(x, weight, bias, **kwargs)
 
 
-def test_same_padding_with_even_kernel_is_refused():
-    w = torch.randn(4, 4, 2, 2)
-    with pytest.raises(ValueError, match="padding: 'same' needs an even"):
-        sliced_conv2d(torch.randn(1, 4, 5, 5), w, in_segments=[(0, 4)], out_segments=[(0, 4)],
-                      padding="same")
+@pytest.mark.parametrize("backend", ["reference", "masked", "cpu"])
+@pytest.mark.parametrize("kernel, dilation", [((2, 2), 1), ((2, 3), 1), ((3, 2), (2, 3))])
+def test_same_padding_with_an_odd_total_pads_as_conv2d(backend, kernel, dilation):
+    """An odd total padding goes one more to the right and bottom, as F.conv2d pads it."""
+    if backend not in dvn_kernels.available_backends():
+        pytest.skip(f"{backend} unavailable")
+    w = torch.randn(4, 6, *kernel, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    y = sliced_conv2d(x, w, in_segments=[(1, 3)], out_segments=[(0, 4)], padding="same",
+                      dilation=dilation, backend=backend)
+    want = torch.nn.functional.conv2d(x, w[:, 1:4], padding="same", dilation=dilation)
+    assert y.shape == want.shape == (2, 4, 5, 7)
+    torch.testing.assert_close(y, want)
+    got = torch.autograd.grad(y.square().sum(), [x, w])
+    expected = torch.autograd.grad(want.square().sum(), [x, w])
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
 
 
 def test_cpu_backend_refuses_other_devices():
@@ -113,8 +127,11 @@ def test_direct_op_calls_are_checked_in_cpp():
         op(X.double(), W, B, spec("0:4"))
     with pytest.raises(ValueError, match="spec: stride and dilation must be >= 1"):
         op(X, W, B, spec("0:4", stride="0,1"))
-    with pytest.raises(NotImplementedError, match="groups: the native kernels support groups=1"):
+    with pytest.raises(ValueError, match="groups: the kernels compute whole groups"):
         op(X, W, B, spec("0:4").replace("groups=1", "groups=2"))
+    with pytest.raises(ValueError, match="groups: weight's C_out=8 is not divisible by "
+                                         "groups=3"):
+        op(X, W, B, spec("0:4").replace("groups=1", "groups=3"))
     with pytest.raises(ValueError, match="grad_out: expected shape"):
         torch.ops.dvn_kernels.sliced_conv2d_backward(torch.randn(2, 3, 7, 7), X, W, spec("0:4"),
                                                      [True, True, True])

@@ -58,7 +58,12 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& weight,
   const auto fmt = follow_format(x);
   if (p.batch == 0) return at::empty(p.output_sizes(), x.options().memory_format(fmt));
   at::Tensor y;
-  if (gemm_forward_applies(p, x)) {
+  if (p.groups > 1) {
+    // Grouped (depthwise too): oneDNN on the active groups' rows, one group per active group.
+    y = at::convolution(onednn_safe(x), gather_channels(weight, 0, p.out), b, p.stride,
+                        p.padding, p.dilation, /*transposed=*/false, /*output_padding=*/{0, 0},
+                        p.active_groups);
+  } else if (gemm_forward_applies(p, x)) {
     y = conv1x1_forward(x, block_matrix(weight, p.out, p.in), b, p);
   } else if (im2col_applies(p, x, weight)) {
     y = im2col_forward(x, weight, b, p);
@@ -82,8 +87,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_o
   at::Tensor gx, gw, gb;
   if (p.batch == 0) {
     gx = at::zeros(x.sizes(), x.options().memory_format(x_fmt));
-    gw = at::zeros({p.out_channels, p.in_channels, p.kernel_h, p.kernel_w}, weight.options());
+    gw = at::zeros({p.out_channels, p.groups > 1 ? weight.size(1) : p.in_channels, p.kernel_h,
+                    p.kernel_w}, weight.options());
     gb = at::zeros({p.out_channels}, weight.options());
+  } else if (p.groups > 1) {
+    const auto w = need_x ? gather_channels(weight, 0, p.out)
+                          : at::empty({p.out_channels, weight.size(1), p.kernel_h, p.kernel_w},
+                                      weight.options());
+    const auto bias_sizes = need_b ? std::optional<at::IntArrayRef>(at::IntArrayRef(
+                                         &p.out_channels, 1))
+                                   : std::nullopt;
+    const bool nchw = degenerate_channels_last(x) || degenerate_channels_last(grad_out);
+    std::tie(gx, gw, gb) = at::convolution_backward(
+        nchw ? grad_out.contiguous() : grad_out, nchw ? x.contiguous() : x, w, bias_sizes,
+        p.stride, p.padding, p.dilation, /*transposed=*/false, /*output_padding=*/{0, 0},
+        p.active_groups, {need_x, need_w, need_b});
   } else {
     const bool gemm_x = need_x && gemm_grad_input_applies(p, x);
     if (gemm_x) gx = conv1x1_grad_input(grad_out, block_matrix(weight, p.out, p.in), p, x_fmt);
@@ -108,8 +126,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_o
   }
   // Outputs not asked for are distinct empty tensors (outputs must not alias).
   const auto none = [&] { return at::empty({0}, weight.options()); };
+  // A grouped weight's second dimension is the group's input channels: all of them active.
+  const ChannelRanges w_in = p.groups > 1 ? ChannelRanges{0, int32_t(weight.size(1)), 0, 0} : p.in;
   return {need_x ? gx.contiguous(x_fmt) : none(),
-          need_w ? scatter_block(gw, weight, p.out, p.in) : none(),
+          need_w ? scatter_block(gw, weight, p.out, w_in) : none(),
           need_b ? scatter_channels(gb, weight.size(0), p.out) : none()};
 }
 

@@ -30,6 +30,12 @@
 namespace dvn::cuda {
 namespace {
 
+void check_groups(const ConvProblem& p) {
+  TORCH_CHECK_NOT_IMPLEMENTED(p.groups == 1, "groups: the cuda kernels support groups=1 only so "
+                              "far, got ", p.groups, "; backends 'reference' and 'masked' (and "
+                              "'auto') compute grouped convolutions on CUDA tensors");
+}
+
 void check_cuda(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.device().is_cuda(), name, ": the cuda kernel needs CUDA tensors, got ",
                     t.device());
@@ -126,6 +132,7 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& weight,
   check_cuda(x, "x");
   check_same_type(x, "x", weight, "weight");
   const auto p = make_problem(x.sizes(), weight, spec);
+  check_groups(p);
   const DType dtype = kernel_dtype(x);
   const auto b = checked_bias(bias, weight);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -209,6 +216,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_o
                                                         std::array<bool, 3> output_mask) {
   check_cuda(x, "x");
   const auto p = make_backward_problem(grad_out, x, weight, spec);
+  check_groups(p);
   const DType dtype = kernel_dtype(x);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto [need_x, need_w, need_b] = output_mask;

@@ -42,6 +42,13 @@ def _define(name: str, fake):
     return register
 
 
+def _check_groups(groups: int) -> None:
+    if groups != 1:
+        raise NotImplementedError(f"groups: the triton kernels support groups=1 only so far, got "
+                                  f"{groups}; backends 'reference' and 'masked' (and 'auto') "
+                                  f"compute grouped convolutions")
+
+
 def _precision(dtype: torch.dtype) -> str:
     return configs.dot_precision(dtype, torch.backends.cudnn.allow_tf32)
 
@@ -50,6 +57,7 @@ def _precision(dtype: torch.dtype) -> str:
 def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
              spec: str) -> torch.Tensor:
     s = parse_spec(spec)
+    _check_groups(s.groups)
     y = empty_output(x, weight, spec)
     conv_forward(x, weight, bias, s.in_segments, s.out_segments, y, s.stride, s.padding,
                  s.dilation, _precision(x.dtype))
@@ -60,6 +68,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
 def _backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, spec: str,
               output_mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     s = parse_spec(spec)
+    _check_groups(s.groups)
     gx, gw, gb = empty_grads(x, weight, output_mask)
     precision = _precision(x.dtype)
     if output_mask[0]:

@@ -1,0 +1,151 @@
+"""Grouped and depthwise sliced convolutions: every backend against the literal meaning."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dvn_kernels
+from dvn_kernels import ChannelSegments, sliced_conv2d
+
+BACKENDS = [b for b in ("reference", "masked", "cpu", "auto")
+            if b == "auto" or b in dvn_kernels.available_backends()]
+
+
+def meaning(x, w, b, ins, outs, groups, **conv):
+    """The contract: x scattered into the full input channels (zeros elsewhere), the grouped
+    conv of the full weight, the active outputs kept."""
+    full = x.new_zeros(x.shape[0], w.shape[1] * groups, *x.shape[2:])
+    full[:, ins.indices()] = x
+    return F.conv2d(full, w, b, groups=groups, **conv)[:, outs.indices()]
+
+
+# (groups, input channels per group, output channels per group, in units, out units):
+# depthwise (1 and 1), depthwise with a multiplier (1 and 2), grouped (4 and 4), and one group
+# per unit or several.
+SHAPES = {"depthwise": (8, 1, 1), "depthwise-x2": (6, 1, 2), "grouped": (4, 4, 4),
+          "grouped-wide": (2, 3, 5)}
+
+
+def whole_groups(groups, c_in_g, c_out_g, active):
+    return (ChannelSegments([(g * c_in_g, c_in_g) for g in active]),
+            ChannelSegments([(g * c_out_g, c_out_g) for g in active]))
+
+
+LAYOUTS = {  # active groups, by the number of groups
+    "first": lambda g: [0],
+    "leading-half": lambda g: list(range(g // 2)),
+    "two-ranges": lambda g: [0, g - 1],
+    "three-ranges": lambda g: [0, 2, g - 1] if g > 3 else [0, g - 1],
+    "all": lambda g: list(range(g)),
+}
+GEOMETRIES = [dict(kernel=k, stride=s, padding=p, dilation=d)
+              for k, s, p, d in [(3, 1, 1, 1), (3, 2, 1, 1), (5, 1, 2, 1), (3, 1, 2, 2), (1, 2, 0, 1)]]
+
+
+def problem(shape, layout, geometry, seed=0, dtype=torch.float64, bias=True):
+    groups, c_in_g, c_out_g = SHAPES[shape]
+    gen = torch.Generator().manual_seed(seed)
+    ins, outs = whole_groups(groups, c_in_g, c_out_g, LAYOUTS[layout](groups))
+    k = geometry["kernel"]
+    w = torch.randn(groups * c_out_g, c_in_g, k, k, generator=gen, dtype=dtype)
+    b = torch.randn(groups * c_out_g, generator=gen, dtype=dtype) if bias else None
+    x = torch.randn(2, ins.total, 9, 8, generator=gen, dtype=dtype)
+    conv = {key: geometry[key] for key in ("stride", "padding", "dilation")}
+    return x, w, b, ins, outs, groups, conv
+
+
+def check(backend, x, w, b, ins, outs, groups, conv, tol=None):
+    leaves = [t.detach().requires_grad_() for t in (x, w, b) if t is not None]
+    x, w = leaves[0], leaves[1]
+    b = leaves[2] if len(leaves) == 3 else None
+    y = sliced_conv2d(x, w, b, in_segments=ins, out_segments=outs, groups=groups,
+                      backend=backend, **conv)
+    want = meaning(x, w, b, ins, outs, groups, **conv)
+    tol = tol or dict(rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(y, want, **tol)
+    g = torch.randn_like(y)
+    for name, a, e in zip(("x", "weight", "bias"), torch.autograd.grad(y, leaves, g),
+                          torch.autograd.grad(want, leaves, g)):
+        torch.testing.assert_close(a, e, **tol, msg=lambda m: f"grad of {name}: {m}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "k{kernel}s{stride}p{padding}d{dilation}".format(**g))
+def test_whole_groups_match_the_meaning(backend, shape, layout, geometry):
+    check(backend, *problem(shape, layout, geometry, bias=geometry["kernel"] != 5))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_channels_last_and_the_zero_gradient_outside_the_groups(backend):
+    x, w, b, ins, outs, groups, conv = problem("grouped", "two-ranges", GEOMETRIES[0],
+                                               dtype=torch.float32)
+    x = x.contiguous(memory_format=torch.channels_last)
+    check(backend, x, w, b, ins, outs, groups, conv, dict(rtol=1e-4, atol=1e-4))
+    w = w.detach().requires_grad_()
+    y = sliced_conv2d(x, w, None, in_segments=ins, out_segments=outs, groups=groups,
+                      backend=backend, **conv)
+    (gw,) = torch.autograd.grad(y.sum(), [w])
+    rows = torch.zeros(w.shape[0], dtype=torch.bool)
+    rows[outs.indices()] = True
+    assert torch.all(gw[~rows] == 0) and torch.all(gw[rows].abs().sum((1, 2, 3)) > 0)
+
+
+CUT = [  # segments that cut through groups of 4 channels, or differ between the sides
+    ([(2, 4)], [(0, 4)]),
+    ([(0, 4)], [(4, 4)]),
+    ([(0, 8)], [(0, 4)]),
+    ([(1, 2), (9, 3)], [(3, 6)]),
+]
+
+
+@pytest.mark.parametrize("ins, outs", CUT)
+@pytest.mark.parametrize("backend", ["reference", "masked", "auto"])
+def test_segments_cutting_groups_follow_the_meaning(ins, outs, backend):
+    x, w, b, _, _, groups, conv = problem("grouped", "all", GEOMETRIES[0])
+    ins, outs = ChannelSegments(ins), ChannelSegments(outs)
+    check(backend, x[:, : ins.total], w, b, ins, outs, groups, conv)
+
+
+@pytest.mark.parametrize("ins, outs", CUT)
+def test_kernels_refuse_segments_cutting_groups(ins, outs):
+    if "cpu" not in dvn_kernels.available_backends():
+        pytest.skip("no cpu kernel")
+    x, w, b, _, _, groups, conv = problem("grouped", "all", GEOMETRIES[0])
+    ins = ChannelSegments(ins)
+    with pytest.raises(NotImplementedError, match="backend: 'cpu' cannot run this convolution: "
+                                                  "groups: the segments must hold whole groups"):
+        sliced_conv2d(x[:, : ins.total], w, b, in_segments=ins, out_segments=outs,
+                      groups=groups, backend="cpu", **conv)
+
+
+def test_gpu_kernels_refuse_groups_for_now():
+    plan = dvn_kernels.conv_plan((8, 1, 3, 3), [(0, 4)], [(0, 4)], padding=1, groups=8)
+    assert plan.kernel_reason is None
+    for name in ("triton", "cuda"):
+        why = dvn_kernels.backends.kernel_unsupported(name, plan)
+        assert why and f"the {name} kernels support groups=1 only" in why
+
+
+def test_plan_of_more_than_two_ranges_runs_a_compact_grouped_conv():
+    plan = dvn_kernels.conv_plan((16, 2, 3, 3), [(0, 2), (4, 2), (12, 2)],
+                                 [(0, 2), (4, 2), (12, 2)], padding=1, groups=8)
+    assert plan.out_gather == (0, 1, 4, 5, 12, 13) and plan.in_gather is None
+    assert "groups=3" in plan.spec and "in=0:6 out=0:6" in plan.spec
+
+
+@pytest.mark.skipif("cpu" not in dvn_kernels.available_backends(), reason="no cpu kernel")
+@pytest.mark.parametrize("mask", [[True, True, True], [False, True, False]])
+def test_opcheck_grouped(mask):
+    x, w, b, ins, outs, groups, conv = problem("depthwise", "two-ranges", GEOMETRIES[1],
+                                               dtype=torch.float32)
+    plan = dvn_kernels.conv_plan(w.shape, ins, outs, groups=groups, **conv)
+    ops = torch.ops.dvn_kernels
+    torch.library.opcheck(ops.sliced_conv2d.default,
+                          (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), plan.spec))
+    y = ops.sliced_conv2d.default(x.detach(), w.detach(), b.detach(), plan.spec)
+    torch.library.opcheck(ops.sliced_conv2d_backward.default,
+                          (torch.randn_like(y), x.detach(), w.detach(), plan.spec, mask))
