@@ -122,12 +122,90 @@ def test_kernels_refuse_segments_cutting_groups(ins, outs):
                       groups=groups, backend="cpu", **conv)
 
 
-def test_gpu_kernels_refuse_groups_for_now():
+def test_cuda_kernels_refuse_groups_for_now():
     plan = dvn_kernels.conv_plan((8, 1, 3, 3), [(0, 4)], [(0, 4)], padding=1, groups=8)
     assert plan.kernel_reason is None
-    for name in ("triton", "cuda"):
-        why = dvn_kernels.backends.kernel_unsupported(name, plan)
-        assert why and f"the {name} kernels support groups=1 only" in why
+    assert dvn_kernels.backends.kernel_unsupported("triton", plan) is None
+    why = dvn_kernels.backends.kernel_unsupported("cuda", plan)
+    assert why and "the cuda kernels support groups=1 only" in why
+
+
+TRITON_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+requires_triton = pytest.mark.skipif(
+    "triton" not in dvn_kernels.available_backends(TRITON_DEVICE),
+    reason="triton unavailable (CPU tests need TRITON_INTERPRET=1)")
+
+
+@requires_triton
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("layout", ["first", "two-ranges", "three-ranges", "all"])
+@pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[3]],
+                         ids=["k3s1", "k3s2", "k3d2"])
+def test_triton_grouped(shape, layout, geometry):
+    """The Triton kernels' groups (grid axis 1 runs over the active groups), float32 against
+    the meaning in float64."""
+    x, w, b, ins, outs, groups, conv = problem(shape, layout, geometry)
+    leaves = [t.float().to(TRITON_DEVICE).requires_grad_() for t in (x, w, b)]
+    y = sliced_conv2d(*leaves, in_segments=ins, out_segments=outs, groups=groups,
+                      backend="triton", **conv)
+    exact = [t.detach().double().cpu().requires_grad_() for t in leaves]
+    want = meaning(*exact, ins, outs, groups, **conv)
+    torch.testing.assert_close(y.double().cpu(), want, rtol=1e-4, atol=1e-4)
+    g = torch.randn(want.shape, dtype=torch.float64)
+    got = torch.autograd.grad(y, leaves, g.float().to(TRITON_DEVICE))
+    for name, a, e in zip(("x", "weight", "bias"), got, torch.autograd.grad(want, exact, g)):
+        torch.testing.assert_close(a.double().cpu(), e, rtol=1e-4, atol=1e-4,
+                                   msg=lambda m: f"grad of {name}: {m}")
+
+
+@requires_triton
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_triton_depthwise_many_pixels(channels_last):
+    """The direct depthwise kernels over several grad-weight chunks and tiles, two ranges."""
+    gen = torch.Generator().manual_seed(3)
+    groups = 48
+    ins, outs = whole_groups(groups, 1, 2, [0, 1, 2, 40, 41])
+    w = torch.randn(2 * groups, 1, 3, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(2 * groups, generator=gen, dtype=torch.float64)
+    x = torch.randn(3, ins.total, 23, 21, generator=gen, dtype=torch.float64)
+    conv = dict(stride=2, padding=1, dilation=1)
+    leaves = [t.float().to(TRITON_DEVICE) for t in (x, w, b)]
+    if channels_last:
+        leaves[0] = leaves[0].contiguous(memory_format=torch.channels_last)
+    leaves = [t.requires_grad_() for t in leaves]
+    y = sliced_conv2d(*leaves, in_segments=ins, out_segments=outs, groups=groups,
+                      backend="triton", **conv)
+    exact = [t.requires_grad_() for t in (x, w, b)]
+    want = meaning(*exact, ins, outs, groups, **conv)
+    torch.testing.assert_close(y.double().cpu(), want, rtol=1e-4, atol=1e-4)
+    g = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad(y, leaves, g.float().to(TRITON_DEVICE))
+    for a, e in zip(got, torch.autograd.grad(want, exact, g)):
+        torch.testing.assert_close(a.double().cpu(), e, rtol=1e-4, atol=1e-4)
+
+
+@requires_triton
+@pytest.mark.parametrize("split", [1, 3])
+def test_triton_grouped_split_k(split):
+    from dvn_kernels.triton import conv_bwd_input, conv_bwd_weight, conv_fwd
+
+    x, w, b, ins, outs, groups, conv = problem("grouped", "two-ranges", GEOMETRIES[1])
+    want = meaning(x, w, None, ins, outs, groups, **conv)
+    g = torch.randn_like(want)
+    ex, ew = torch.autograd.grad(meaning(x.requires_grad_(), w.requires_grad_(), None, ins,
+                                         outs, groups, **conv), [x, w], g)
+    xf, wf, gf = (t.detach().float().to(TRITON_DEVICE) for t in (x, w, g))
+    geo = [(conv[k], conv[k]) for k in ("stride", "padding", "dilation")]
+    y = torch.empty(want.shape, device=TRITON_DEVICE)
+    conv_fwd.conv_forward(xf, wf, None, ins, outs, y, *geo, "ieee", split_k=split, groups=groups)
+    gx = torch.empty_like(xf)
+    conv_bwd_input.conv_grad_input(gf, wf, ins, outs, gx, *geo, "ieee", split_k=split,
+                                   groups=groups)
+    gw = torch.zeros_like(wf)
+    conv_bwd_weight.conv_grad_weight(gf, xf, ins, outs, gw, *geo, "ieee", split_k=split,
+                                     groups=groups)
+    for got, exp in ((y, want), (gx, ex), (gw, ew)):
+        torch.testing.assert_close(got.double().cpu(), exp, rtol=1e-4, atol=1e-4)
 
 
 def test_plan_of_more_than_two_ranges_runs_a_compact_grouped_conv():

@@ -48,14 +48,14 @@ def compile_kernel(kernel, dtype: str, constexprs: dict, config: triton.Config, 
 
 def variants(all_configs: bool = False):
     """(name, kernel, dtype, constexprs, config) of every variant checked."""
-    from . import configs, conv_bwd_input, conv_bwd_weight, conv_fwd
+    from . import configs, conv_bwd_input, conv_bwd_weight, conv_fwd, depthwise
 
     gemms = configs.gemm_configs() if all_configs else configs.gemm_configs()[:1]
     wgrads = configs.wgrad_configs() if all_configs else configs.wgrad_configs()[:1]
     reduce = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)
     for dtype, precision in (("bf16", "ieee"), ("fp32", "tf32")):
         common = dict(KH=3, KW=3, ALIGN=16, TWO_IN=True, TWO_OUT=True, CHANNELS_LAST=True,
-                      PRECISION=precision, GROUP_M=8)
+                      PRECISION=precision, GROUP_M=8, GROUPED=False)
         for gemm in gemms:
             yield ("fwd", conv_fwd._fwd_kernel, dtype,
                    dict(common, HAS_BIAS=True, NO_PAD=False, DIRECT=True), gemm)
@@ -70,7 +70,25 @@ def variants(all_configs: bool = False):
            dict(TWO_OUT=True, HAS_BIAS=True), reduce)
     yield ("dgrad-reduce", conv_bwd_input._dgrad_reduce_kernel, "bf16", {}, reduce)
     yield ("wgrad-reduce", conv_bwd_weight._wgrad_reduce_kernel, "bf16",
-           dict(KW=3, TWO_IN=True, TWO_OUT=True), reduce)
+           dict(KW=3, TWO_IN=True, TWO_OUT=True, GROUPED=False), reduce)
+    # Grouped convolutions (ResNeXt-like groups of 16 channels), default tiles.
+    grouped = dict(KH=3, KW=3, ALIGN=16, TWO_IN=False, TWO_OUT=False, CHANNELS_LAST=True,
+                   PRECISION="ieee", GROUP_M=8, GROUPED=True)
+    yield ("fwd-grouped", conv_fwd._fwd_kernel, "bf16",
+           dict(grouped, HAS_BIAS=False, NO_PAD=False, DIRECT=True), gemms[0])
+    yield ("dgrad-grouped", conv_bwd_input._dgrad_kernel, "bf16",
+           dict(grouped, UNIT_STRIDE=True, DIRECT=True), gemms[0])
+    yield ("wgrad-grouped", conv_bwd_weight._wgrad_kernel, "bf16",
+           dict(grouped, NO_PAD=False, DIRECT=False, H=16, W=16, P=16, Q=16), wgrads[0])
+    # Depthwise: the direct kernels.
+    tile = dict(KH=3, KW=3, TWO_OUT=True, BLOCK_P=depthwise.BLOCK_P, BLOCK_C=depthwise.BLOCK_C)
+    plain = triton.Config({}, num_warps=4, num_stages=1)
+    yield ("dw-fwd", depthwise._dw_fwd_kernel, "bf16", dict(tile, HAS_BIAS=True), plain)
+    yield ("dw-dgrad", depthwise._dw_dgrad_kernel, "bf16", tile, plain)
+    yield ("dw-wgrad", depthwise._dw_wgrad_kernel, "bf16",
+           {k: v for k, v in tile.items() if k != "TWO_OUT"}, plain)
+    yield ("dw-wgrad-red", depthwise._dw_wgrad_reduce_kernel, "bf16",
+           dict(KW=3, TAPS=9, TWO_OUT=True, BLOCK_C=depthwise.BLOCK_C), plain)
 
 
 def main(argv: list[str] | None = None) -> int:

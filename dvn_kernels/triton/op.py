@@ -1,6 +1,8 @@
 """The Triton sliced convolution as torch.library ops with autograd.
 
-Two ops with the native ops' arguments and results (csrc/sliced_conv2d.cpp):
+Two ops with the native ops' arguments and results (csrc/sliced_conv2d.cpp); grouped
+convolutions run the implicit GEMMs with the active groups as a grid axis, depthwise ones
+(one input channel per group) the direct kernels of ``depthwise``.
 ``triton_sliced_conv2d(x, weight, bias, spec)`` and ``triton_sliced_conv2d_backward(grad_out,
 x, weight, spec, output_mask)``, which computes only the gradients the mask asks for. Outputs
 are allocated by ``dvn_kernels.fake``, the same functions the fake implementations use.
@@ -27,6 +29,7 @@ from . import configs
 from .conv_bwd_input import conv_grad_input
 from .conv_bwd_weight import conv_grad_weight
 from .conv_fwd import conv_forward
+from .depthwise import depthwise_forward, depthwise_grad_input, depthwise_grad_weight
 
 _NS = "dvn_kernels"
 
@@ -42,11 +45,9 @@ def _define(name: str, fake):
     return register
 
 
-def _check_groups(groups: int) -> None:
-    if groups != 1:
-        raise NotImplementedError(f"groups: the triton kernels support groups=1 only so far, got "
-                                  f"{groups}; backends 'reference' and 'masked' (and 'auto') "
-                                  f"compute grouped convolutions")
+def _depthwise(weight: torch.Tensor, groups: int) -> bool:
+    """One input channel per group: the direct kernels (dvn_kernels.triton.depthwise)."""
+    return groups > 1 and weight.shape[1] == 1
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -57,10 +58,13 @@ def _precision(dtype: torch.dtype) -> str:
 def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
              spec: str) -> torch.Tensor:
     s = parse_spec(spec)
-    _check_groups(s.groups)
     y = empty_output(x, weight, spec)
-    conv_forward(x, weight, bias, s.in_segments, s.out_segments, y, s.stride, s.padding,
-                 s.dilation, _precision(x.dtype))
+    if _depthwise(weight, s.groups):
+        depthwise_forward(x, weight, bias, s.out_segments, y, s.stride, s.padding, s.dilation,
+                          s.groups)
+    else:
+        conv_forward(x, weight, bias, s.in_segments, s.out_segments, y, s.stride, s.padding,
+                     s.dilation, _precision(x.dtype), groups=s.groups)
     return y
 
 
@@ -68,16 +72,24 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
 def _backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, spec: str,
               output_mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     s = parse_spec(spec)
-    _check_groups(s.groups)
     gx, gw, gb = empty_grads(x, weight, output_mask)
     precision = _precision(x.dtype)
+    depthwise = _depthwise(weight, s.groups)
     if output_mask[0]:
-        conv_grad_input(grad_out, weight, s.in_segments, s.out_segments, gx, s.stride,
-                        s.padding, s.dilation, precision)
+        if depthwise:
+            depthwise_grad_input(grad_out, weight, s.out_segments, gx, s.stride, s.padding,
+                                 s.dilation, s.groups)
+        else:
+            conv_grad_input(grad_out, weight, s.in_segments, s.out_segments, gx, s.stride,
+                            s.padding, s.dilation, precision, groups=s.groups)
     if output_mask[1]:
-        gw.zero_()  # the kernel writes only the active block
-        conv_grad_weight(grad_out, x, s.in_segments, s.out_segments, gw, s.stride, s.padding,
-                         s.dilation, precision)
+        gw.zero_()  # the kernels write only the active block
+        if depthwise:
+            depthwise_grad_weight(grad_out, x, s.out_segments, gw, s.stride, s.padding,
+                                  s.dilation, s.groups)
+        else:
+            conv_grad_weight(grad_out, x, s.in_segments, s.out_segments, gw, s.stride,
+                             s.padding, s.dilation, precision, groups=s.groups)
     if output_mask[2]:
         sums = grad_out.sum((0, 2, 3), dtype=torch.float32).to(grad_out.dtype)
         gb.copy_(scatter_channels(sums, 0, s.out_segments.flat(), weight.shape[0]))
