@@ -129,12 +129,7 @@ Implementation = Callable[[ConvPlan, torch.Tensor, torch.Tensor, Optional[torch.
 
 def kernel_unsupported(backend: str, plan: ConvPlan) -> Optional[str]:
     """Why the kernel backend cannot run ``plan``, or None when it can."""
-    if plan.kernel_reason is not None:
-        return plan.kernel_reason
-    if plan.groups > 1 and backend == "cuda":
-        return (f"groups: the {backend} kernels support groups=1 only so far, got "
-                f"{plan.groups}; backends 'reference' and 'masked' compute grouped convolutions")
-    return None
+    return plan.kernel_reason
 
 
 def _kernel(backend: str, run: Implementation) -> Implementation:

@@ -122,12 +122,48 @@ def test_kernels_refuse_segments_cutting_groups(ins, outs):
                       groups=groups, backend="cpu", **conv)
 
 
-def test_cuda_kernels_refuse_groups_for_now():
+@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
+def test_every_kernel_backend_takes_whole_groups(backend):
     plan = dvn_kernels.conv_plan((8, 1, 3, 3), [(0, 4)], [(0, 4)], padding=1, groups=8)
     assert plan.kernel_reason is None
-    assert dvn_kernels.backends.kernel_unsupported("triton", plan) is None
-    why = dvn_kernels.backends.kernel_unsupported("cuda", plan)
-    assert why and "the cuda kernels support groups=1 only" in why
+    assert dvn_kernels.backends.kernel_unsupported(backend, plan) is None
+
+
+requires_cuda_kernel = pytest.mark.skipif(
+    not torch.cuda.is_available() or "cuda" not in dvn_kernels.available_backends("cuda"),
+    reason="needs a GPU and the cuda kernels")
+
+
+@requires_cuda_kernel
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("layout", ["first", "two-ranges", "all"])
+@pytest.mark.parametrize("geometry", GEOMETRIES[:4], ids=lambda g: "k{kernel}s{stride}p{padding}d{dilation}".format(**g))
+def test_cuda_grouped_and_depthwise_float64(shape, layout, geometry):
+    """The grouped implicit GEMM (the group as grid z) and the direct depthwise kernels."""
+    x, w, b, ins, outs, groups, conv = problem(shape, layout, geometry)
+    check("cuda", x.cuda(), w.cuda(), b.cuda(), ins, outs, groups, conv)
+
+
+@requires_cuda_kernel
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_grouped_and_depthwise_low_precision(shape, dtype):
+    x, w, b, ins, outs, groups, conv = problem(shape, "two-ranges", GEOMETRIES[0])
+    leaves = [t.to("cuda", dtype) for t in (x, w, b)]
+    leaves[0] = leaves[0].contiguous(memory_format=torch.channels_last)
+    # Both sides round alike (bfloat16 storage; float32 as TF32, cuDNN's default too).
+    tol = dict(rtol=2e-2, atol=5e-2) if dtype == torch.bfloat16 else dict(rtol=1e-2, atol=1e-2)
+    check("cuda", *leaves, ins, outs, groups, conv, tol)
+
+
+@requires_cuda_kernel
+def test_cuda_depthwise_many_pixels_splits_the_weight_gradient():
+    """MobileNet-sized depthwise layer: the pixel-split weight gradient and its reduction."""
+    gen = torch.Generator().manual_seed(3)
+    ins = outs = ChannelSegments([(0, 48), (96, 48)])
+    x = torch.randn(4, 96, 28, 28, generator=gen, dtype=torch.float64).cuda()
+    w = torch.randn(144, 1, 3, 3, generator=gen, dtype=torch.float64).cuda()
+    check("cuda", x, w, None, ins, outs, 144, dict(stride=1, padding=1))
 
 
 TRITON_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -6,6 +6,12 @@
 // weight and its gradient are the FULL (C_out, C_in, R, S) tensors with arbitrary element
 // strides, addressed through their channel ranges (compact channel -> weight channel).
 //
+// Grouped convolutions run one GEMM per active group (the launch's grid z): g.c and g.k are a
+// group's input and output channels, g.groups the active groups, so a pixel of the activations
+// holds g.c * g.groups (x) or g.k * g.groups (y) channels. The kernel points A, B and D at its
+// group's channels and sets WeightView::out_base; the weight's second dimension is the group's
+// input channels (an identity input map).
+//
 //   pass   GEMM M      GEMM N      GEMM K      A[m][k]            B[k][n]
 //   fprop  N*P*Q       K (out)     R*S*C       x (im2col)         weight[n][c][r][s]
 //   dgrad  N*H*W       C (in)      R*S*K       grad_y (col2im)    weight[k][n][r][s]
@@ -25,22 +31,30 @@ enum class Pass : int { Fprop = 0, Dgrad = 1, Wgrad = 2 };
 
 struct Geometry {
   int32_t n = 0, h = 0, w = 0;  // batch, input height and width
-  int32_t c = 0, k = 0;         // compact input and output channels
+  int32_t c = 0, k = 0;         // compact input and output channels (of one group)
   int32_t p = 0, q = 0;         // output height and width
   int32_t r = 0, s = 0;         // kernel height and width
   int32_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
+  int32_t groups = 1;           // active groups (grouped convolutions; 1 otherwise)
 };
 
+// Channels per pixel of the compact NHWC input and output tensors (all active groups).
+DVN_HD int64_t c_pitch(const Geometry& g) { return int64_t(g.c) * g.groups; }
+DVN_HD int64_t k_pitch(const Geometry& g) { return int64_t(g.k) * g.groups; }
+
 // The full weight (or its gradient): element strides of (C_out, C_in, R, S) and the active
-// channel ranges of each side (compact channel -> weight channel: ChannelRanges::physical).
+// channel ranges of each side (compact channel -> weight channel: ChannelRanges::physical);
+// out_base: the compact output channel of the GEMM's first column (a group's first).
 struct WeightView {
   int64_t stride[4] = {0, 0, 0, 0};
   ChannelRanges out, in;
+  int32_t out_base = 0;
 };
 
 DVN_HD int64_t weight_offset(const WeightView& wv, int32_t k, int32_t c, int32_t r, int32_t s) {
-  return int64_t(wv.out.physical(k)) * wv.stride[0] + int64_t(wv.in.physical(c)) * wv.stride[1] +
-         int64_t(r) * wv.stride[2] + int64_t(s) * wv.stride[3];
+  return int64_t(wv.out.physical(wv.out_base + k)) * wv.stride[0] +
+         int64_t(wv.in.physical(c)) * wv.stride[1] + int64_t(r) * wv.stride[2] +
+         int64_t(s) * wv.stride[3];
 }
 
 struct GemmShape {
@@ -55,6 +69,33 @@ DVN_HD GemmShape gemm_shape(Pass pass, const Geometry& g) {
     case Pass::Dgrad: return {nhw, g.c, rs * g.k};
     default: return {g.k, rs * g.c, npq};
   }
+}
+
+// Where one group's GEMM starts in each operand (element offsets), for grouped convolutions
+// (the launch's grid z picks the group): A and D at the group's first channel of the compact
+// NHWC tensors, B (wgrad: x) likewise, the weight through WeightView::out_base = out. The wgrad
+// workspace holds the groups' (K x N) blocks one after another: row group * K + m.
+struct GroupBase {
+  int64_t a = 0, b = 0, d = 0;
+  int32_t out = 0;
+};
+
+template <Pass P>
+DVN_HD GroupBase group_base(const Geometry& g, int32_t group) {
+  GroupBase o;
+  o.out = group * g.k;
+  if constexpr (P == Pass::Fprop) {
+    o.a = int64_t(group) * g.c;
+    o.d = int64_t(group) * g.k;
+  } else if constexpr (P == Pass::Dgrad) {
+    o.a = int64_t(group) * g.k;
+    o.d = int64_t(group) * g.c;
+  } else {
+    o.a = int64_t(group) * g.k;
+    o.b = int64_t(group) * g.c;
+    o.d = int64_t(group) * g.k * gemm_shape(P, g).n;
+  }
+  return o;
 }
 
 // Each element address is split into a part fixed by the element's M (A) or N (B) index, which a
@@ -101,7 +142,7 @@ DVN_HD bool a_moving(const Geometry& g, const Fixed& f, int32_t kk, int64_t* off
     const int32_t c = kk % g.c, rs = kk / g.c, s = rs % g.s, r = rs / g.s;
     const int32_t h = f.y + r * g.dil_h, w = f.x + s * g.dil_w;
     if (h < 0 || h >= g.h || w < 0 || w >= g.w) return false;
-    *off = ((f.base * g.h + h) * g.w + w) * g.c + c;
+    *off = ((f.base * g.h + h) * g.w + w) * c_pitch(g) + c;
     return true;
   } else if constexpr (P == Pass::Dgrad) {
     // A = grad_y gathered for the input pixel, kk = (r, s, k): the output pixel (p, q) with
@@ -112,12 +153,12 @@ DVN_HD bool a_moving(const Geometry& g, const Fixed& f, int32_t kk, int64_t* off
     if (ph < 0 || pw < 0 || ph % g.stride_h != 0 || pw % g.stride_w != 0) return false;
     const int32_t p = ph / g.stride_h, q = pw / g.stride_w;
     if (p >= g.p || q >= g.q) return false;
-    *off = ((f.base * g.p + p) * g.q + q) * g.k + k;
+    *off = ((f.base * g.p + p) * g.q + q) * k_pitch(g) + k;
     return true;
   } else {
     // A = grad_y^T: kk = output pixel (n, p, q); grad_y is NPQK.
     if (!f.valid || kk >= g.n * g.p * g.q) return false;
-    *off = int64_t(kk) * g.k + f.base;
+    *off = int64_t(kk) * k_pitch(g) + f.base;
     return true;
   }
 }
@@ -128,7 +169,7 @@ DVN_HD Fixed b_fixed(const Geometry& g, const WeightView& wv, int32_t n) {
   if constexpr (P == Pass::Fprop) {
     // n = output channel: base = its weight row.
     f.valid = n < g.k;
-    if (f.valid) f.base = int64_t(wv.out.physical(n)) * wv.stride[0];
+    if (f.valid) f.base = int64_t(wv.out.physical(wv.out_base + n)) * wv.stride[0];
   } else if constexpr (P == Pass::Dgrad) {
     // n = input channel: base = its weight column.
     f.valid = n < g.c;
@@ -160,8 +201,8 @@ DVN_HD bool b_moving(const Geometry& g, const WeightView& wv, const Fixed& f, in
     // kk = (r, s, k).
     if (!f.valid || kk >= g.r * g.s * g.k) return false;
     const int32_t k = kk % g.k, rs = kk / g.k, s = rs % g.s, r = rs / g.s;
-    *off = f.base + int64_t(wv.out.physical(k)) * wv.stride[0] + int64_t(r) * wv.stride[2] +
-           int64_t(s) * wv.stride[3];
+    *off = f.base + int64_t(wv.out.physical(wv.out_base + k)) * wv.stride[0] +
+           int64_t(r) * wv.stride[2] + int64_t(s) * wv.stride[3];
     return true;
   } else {
     // B = im2col(x)^T: kk = output pixel (n, p, q).
@@ -169,7 +210,7 @@ DVN_HD bool b_moving(const Geometry& g, const WeightView& wv, const Fixed& f, in
     const int32_t q = kk % g.q, np = kk / g.q, p = np % g.p, b = np / g.p;
     const int32_t h = p * g.stride_h + f.y, w = q * g.stride_w + f.x;
     if (h < 0 || h >= g.h || w < 0 || w >= g.w) return false;
-    *off = ((int64_t(b) * g.h + h) * g.w + w) * g.c + f.base;
+    *off = ((int64_t(b) * g.h + h) * g.w + w) * c_pitch(g) + f.base;
     return true;
   }
 }
@@ -186,14 +227,16 @@ DVN_HD bool b_offset(const Geometry& g, const WeightView& wv, int32_t kk, int32_
   return b_moving<P>(g, wv, b_fixed<P>(g, wv, n), kk, off);
 }
 
-// Element offset of D[m][n] in the compact NHWC output (fprop: y, dgrad: grad_x); wgrad writes
-// D into a (splits, M, N) workspace instead, reduced through wgrad_source.
-DVN_HD int64_t d_offset(int64_t gemm_n, int32_t m, int32_t n) { return int64_t(m) * gemm_n + n; }
+// Element offset of D[m][n] in the compact NHWC output (fprop: y, dgrad: grad_x; `pitch` its
+// channels per pixel); wgrad writes D into a (splits, M x groups, N) workspace instead, reduced
+// through wgrad_source.
+DVN_HD int64_t d_offset(int64_t pitch, int32_t m, int32_t n) { return int64_t(m) * pitch + n; }
 
 // wgrad's reduction walks the dense full weight gradient (C_out, C_in, R, S), stored contiguous
 // (KCRS) or channels_last (KRSC), element by element in memory order: element `i` takes
 // D[m][n] at m * N + n (the value this returns), or zero where it is outside the active block
-// (-1). So every element of the full gradient is written exactly once, by one kernel.
+// (-1). So every element of the full gradient is written exactly once, by one kernel. Grouped:
+// C_in is a group's input channels (identity input map) and m the compact output channel.
 DVN_HD int64_t wgrad_source(const Geometry& g, const ChannelRanges& out, const ChannelRanges& in,
                             int32_t full_out, int32_t full_in, bool channels_last, int64_t i) {
   int64_t k, c, r, s;
@@ -255,6 +298,22 @@ inline SplitK choose_split_k(int64_t gemm_k, int32_t block_k, int64_t output_til
   if (want < 1) want = 1;
   const int64_t per = (k_tiles + want - 1) / want;
   return {int32_t((k_tiles + per - 1) / per), int32_t(per)};
+}
+
+// Depthwise wgrad (depthwise_kernel.cuh) splits the output pixels instead of K tiles: about two
+// waves of CTAs, each with at least `min_pixels` pixels, at most `max_splits` splits;
+// tiles_per_split counts pixels here.
+inline SplitK depthwise_split(const Geometry& g, int sm_count, int64_t min_pixels,
+                              int32_t max_splits) {
+  const int64_t pixels = int64_t(g.n) * g.p * g.q;
+  const int64_t ctas = ((k_pitch(g) + 31) / 32) * g.r * g.s;
+  int64_t want = (2 * int64_t(sm_count) + ctas - 1) / ctas;
+  const int64_t most = pixels / (min_pixels > 0 ? min_pixels : 1);
+  if (want > most) want = most;
+  if (want > max_splits) want = max_splits;
+  if (want < 1) want = 1;
+  const int64_t per = (pixels + want - 1) / want;
+  return {int32_t((pixels + per - 1) / per), int32_t(per)};
 }
 
 DVN_HD void split_k_range(int64_t k_tiles, int32_t tiles_per_split, int32_t z, int64_t* first,

@@ -210,13 +210,20 @@ __global__ void __launch_bounds__(kThreads) conv_gemm_kernel(const ConvGemmParam
   const Geometry& g = p.g;
   const GemmShape shape = gemm_shape(P, g);
   const int32_t m0 = int32_t(blockIdx.x) * BM, n0 = int32_t(blockIdx.y) * BN;
-  const T* const a_base = static_cast<const T*>(p.a);
-  const T* const b_base = static_cast<const T*>(p.b);
+  // Grid z: the group (grouped convolutions; 0 otherwise), for wgrad group * splits + split.
+  const int32_t split = P == Pass::Wgrad ? int32_t(blockIdx.z) % p.split.splits : 0;
+  const int32_t group = P == Pass::Wgrad ? int32_t(blockIdx.z) / p.split.splits
+                                         : int32_t(blockIdx.z);
+  const GroupBase gb = group_base<P>(g, group);
+  WeightView wv = p.w;
+  wv.out_base = gb.out;
+  const T* const a_base = static_cast<const T*>(p.a) + gb.a;
+  const T* const b_base = static_cast<const T*>(p.b) + gb.b;
 
   const int64_t k_tiles = (shape.k + BK - 1) / BK;
   int64_t kt_first = 0, kt_last = k_tiles;
   if constexpr (P == Pass::Wgrad) {
-    split_k_range(k_tiles, p.split.tiles_per_split, int32_t(blockIdx.z), &kt_first, &kt_last);
+    split_k_range(k_tiles, p.split.tiles_per_split, split, &kt_first, &kt_last);
   }
   const int num_tiles = kt_last > kt_first ? int(kt_last - kt_first) : 0;
 
@@ -246,10 +253,10 @@ __global__ void __launch_bounds__(kThreads) conv_gemm_kernel(const ConvGemmParam
       int o, l;
       if constexpr (Tl::kBTransposed) {
         vector_run<BN, Tl::kVec>(it, &o, &l);
-        fixed_b[it] = b_fixed<P>(g, p.w, n0 + l);
+        fixed_b[it] = b_fixed<P>(g, wv, n0 + l);
       } else {
         vector_run<BK, Tl::kVec>(it, &o, &l);
-        fixed_b[it] = b_fixed<P>(g, p.w, n0 + o);
+        fixed_b[it] = b_fixed<P>(g, wv, n0 + o);
       }
     }
   }
@@ -278,18 +285,18 @@ __global__ void __launch_bounds__(kThreads) conv_gemm_kernel(const ConvGemmParam
       load_tile<T, BK, BN, Tl::kVec>(
           sb, Tl::kLdB, b_base, p.vec_b,
           [&](int it, int o, int l, int64_t* off) {
-            return b_moving<P>(g, p.w, kHold ? fixed_b[it] : b_fixed<P>(g, p.w, n0 + l), k0 + o,
+            return b_moving<P>(g, wv, kHold ? fixed_b[it] : b_fixed<P>(g, wv, n0 + l), k0 + o,
                                off);
           },
-          [&](int o, int l, int64_t* off) { return b_offset<P>(g, p.w, k0 + o, n0 + l, off); });
+          [&](int o, int l, int64_t* off) { return b_offset<P>(g, wv, k0 + o, n0 + l, off); });
     } else {  // [BN][BK]: o = n, l = kk
       load_tile<T, BN, BK, Tl::kVec>(
           sb, Tl::kLdB, b_base, p.vec_b,
           [&](int it, int o, int l, int64_t* off) {
-            return b_moving<P>(g, p.w, kHold ? fixed_b[it] : b_fixed<P>(g, p.w, n0 + o), k0 + l,
+            return b_moving<P>(g, wv, kHold ? fixed_b[it] : b_fixed<P>(g, wv, n0 + o), k0 + l,
                                off);
           },
-          [&](int o, int l, int64_t* off) { return b_offset<P>(g, p.w, k0 + l, n0 + o, off); });
+          [&](int o, int l, int64_t* off) { return b_offset<P>(g, wv, k0 + l, n0 + o, off); });
     }
   };
 
@@ -413,16 +420,18 @@ __global__ void __launch_bounds__(kThreads) conv_gemm_kernel(const ConvGemmParam
     if (m >= shape.m || n >= shape.n) continue;
     Acc v = staging[mi * Tl::kLdD + ni];
     if constexpr (P == Pass::Wgrad) {
-      Acc* ws = static_cast<Acc*>(p.d);
-      ws[(int64_t(blockIdx.z) * shape.m + m) * shape.n + n] = v;
+      // Split `split`'s (groups * K) x N block; the group's rows from gb.d on.
+      Acc* ws = static_cast<Acc*>(p.d) + int64_t(split) * k_pitch(g) * shape.n + gb.d;
+      ws[int64_t(m) * shape.n + n] = v;
     } else {
       if constexpr (P == Pass::Fprop) {
         if (p.bias != nullptr) {
           const T* bias = static_cast<const T*>(p.bias);
-          v += Num<T>::to_acc(bias[int64_t(p.w.out.physical(n)) * p.bias_stride]);
+          v += Num<T>::to_acc(bias[int64_t(wv.out.physical(wv.out_base + n)) * p.bias_stride]);
         }
       }
-      static_cast<T*>(p.d)[d_offset(shape.n, m, n)] = Num<T>::from_acc(v);
+      const int64_t pitch = P == Pass::Fprop ? k_pitch(g) : c_pitch(g);
+      static_cast<T*>(p.d)[gb.d + d_offset(pitch, m, n)] = Num<T>::from_acc(v);
     }
   }
 }
@@ -435,7 +444,7 @@ __global__ void __launch_bounds__(256) wgrad_reduce_kernel(const ConvGemmParams 
                                                            bool channels_last) {
   using Acc = typename Num<T>::Acc;
   const GemmShape shape = gemm_shape(Pass::Wgrad, p.g);
-  const int64_t block = shape.m * shape.n;
+  const int64_t block = k_pitch(p.g) * shape.n;  // one split: every group's K x N block
   const int64_t total = int64_t(full_out) * full_in * p.g.r * p.g.s;
   const Acc* ws = static_cast<const Acc*>(p.d);
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
@@ -469,8 +478,10 @@ cudaError_t prepare_kernel(int smem_bytes) {
 template <typename T, Pass P, bool kTensorCores, int BM>
 cudaError_t launch_tile(const ConvGemmParams& p, const GemmShape& shape, cudaStream_t stream) {
   using Tl = Tiles<T, P, BM>;
+  const int64_t z = int64_t(p.g.groups) * (P == Pass::Wgrad ? p.split.splits : 1);
+  if (z > 65535) return cudaErrorInvalidConfiguration;
   const dim3 grid(unsigned((shape.m + Tl::BM - 1) / Tl::BM), unsigned((shape.n + Tl::BN - 1) / Tl::BN),
-                  P == Pass::Wgrad ? unsigned(p.split.splits) : 1u);
+                  unsigned(z));
   if (grid.y > 65535 || grid.z > 65535) return cudaErrorInvalidConfiguration;
   cudaError_t err = prepare_kernel<T, P, kTensorCores, BM>(Tl::kSmemBytes);
   if (err != cudaSuccess) return err;

@@ -1,5 +1,7 @@
 // CUDA kernels of dvn_kernels::sliced_conv2d and its backward: torch glue around the
-// torch-free implicit-GEMM launchers of sliced_conv2d_kernels.h.
+// torch-free implicit-GEMM launchers of sliced_conv2d_kernels.h. Grouped convolutions run one
+// GEMM per active group (the ranges hold whole groups: make_problem checks), depthwise ones
+// (one input channel per group) the direct kernels.
 //
 // Layouts: the kernels read and write compact activations as dense NHWC. x and grad_out are
 // made channels_last-contiguous here (free when they already are: a copy of an NCHW input), and
@@ -29,12 +31,6 @@
 
 namespace dvn::cuda {
 namespace {
-
-void check_groups(const ConvProblem& p) {
-  TORCH_CHECK_NOT_IMPLEMENTED(p.groups == 1, "groups: the cuda kernels support groups=1 only so "
-                              "far, got ", p.groups, "; backends 'reference' and 'masked' (and "
-                              "'auto') compute grouped convolutions on CUDA tensors");
-}
 
 void check_cuda(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.device().is_cuda(), name, ": the cuda kernel needs CUDA tensors, got ",
@@ -71,17 +67,24 @@ void poison(at::Tensor& t) {
   }
 }
 
-// The full weight as the kernels read it: in place, with its strides and channel ranges.
+// The full weight as the kernels read it: in place, with its strides and channel ranges. A
+// grouped weight's second dimension is a group's input channels, all of them active.
 WeightView weight_view(const at::Tensor& weight, const ConvProblem& p) {
   WeightView view;
   view.out = p.out;
-  view.in = p.in;
+  view.in = p.groups > 1 ? ChannelRanges{0, int32_t(weight.size(1)), 0, 0} : p.in;
   for (int i = 0; i < 4; ++i) view.stride[i] = weight.stride(i);
   return view;
 }
 
-// The kernels index GEMM rows, columns and reduction steps with 32-bit integers.
-Geometry checked_geometry(const ConvProblem& p) {
+// Depthwise (one input channel per group): the direct kernels instead of the implicit GEMM.
+bool depthwise(const ConvProblem& p, const at::Tensor& weight) {
+  return p.groups > 1 && weight.size(1) == 1;
+}
+
+// The kernels index GEMM rows, columns and reduction steps with 32-bit integers. Grouped: c and
+// k are one group's channels, groups the active groups (the ranges hold whole groups).
+Geometry checked_geometry(const ConvProblem& p, const at::Tensor& weight) {
   constexpr int64_t kMax = INT32_MAX - 1024;  // room for tiles overhanging the edges
   const int64_t rs = p.kernel_h * p.kernel_w;
   const int64_t biggest = std::max({p.batch * p.height * p.width, p.batch * p.out_height * p.out_width,
@@ -105,6 +108,13 @@ Geometry checked_geometry(const ConvProblem& p) {
   g.pad_w = int32_t(p.padding[1]);
   g.dil_h = int32_t(p.dilation[0]);
   g.dil_w = int32_t(p.dilation[1]);
+  if (p.groups > 1) {
+    g.c = int32_t(weight.size(1));
+    g.k = int32_t(weight.size(0) / p.groups);
+    g.groups = int32_t(p.active_groups);
+    TORCH_INTERNAL_ASSERT(c_pitch(g) == p.in_channels && k_pitch(g) == p.out_channels,
+                          "grouped geometry: the ranges must hold whole groups");
+  }
   return g;
 }
 
@@ -132,14 +142,13 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& weight,
   check_cuda(x, "x");
   check_same_type(x, "x", weight, "weight");
   const auto p = make_problem(x.sizes(), weight, spec);
-  check_groups(p);
   const DType dtype = kernel_dtype(x);
   const auto b = checked_bias(bias, weight);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto fmt = follow_format(x);
   if (p.batch == 0) return at::empty(p.output_sizes(), x.options().memory_format(fmt));
   ConvGemmParams prm;
-  prm.g = checked_geometry(p);
+  prm.g = checked_geometry(p, weight);
   const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   auto y = at::empty(p.output_sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
   poison(y);
@@ -152,7 +161,9 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& weight,
   prm.bias_stride = b.defined() ? b.stride(0) : 0;
   prm.vec_a = a_vectorizable(Pass::Fprop, prm.g, address(xc), vec);
   prm.vec_b = b_vectorizable(Pass::Fprop, prm.g, prm.w, address(weight), vec);
-  DVN_CUDA_CHECK(launch_fprop(prm, dtype, math_for(dtype), c10::cuda::getCurrentCUDAStream()),
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  DVN_CUDA_CHECK(depthwise(p, weight) ? launch_depthwise_fprop(prm, dtype, stream)
+                                      : launch_fprop(prm, dtype, math_for(dtype), stream),
                  "the sliced_conv2d forward kernel");
   return y.contiguous(fmt);
 }
@@ -160,7 +171,7 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& weight,
 at::Tensor grad_input(const at::Tensor& gyc, const at::Tensor& x, const at::Tensor& weight,
                       const ConvProblem& p, DType dtype) {
   ConvGemmParams prm;
-  prm.g = checked_geometry(p);
+  prm.g = checked_geometry(p, weight);
   auto dx = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
   poison(dx);
   const int vec = elements_per_16_bytes(x);
@@ -170,7 +181,9 @@ at::Tensor grad_input(const at::Tensor& gyc, const at::Tensor& x, const at::Tens
   prm.d = dx.data_ptr();
   prm.vec_a = a_vectorizable(Pass::Dgrad, prm.g, address(gyc), vec);
   prm.vec_b = b_vectorizable(Pass::Dgrad, prm.g, prm.w, address(weight), vec);
-  DVN_CUDA_CHECK(launch_dgrad(prm, dtype, math_for(dtype), c10::cuda::getCurrentCUDAStream()),
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  DVN_CUDA_CHECK(depthwise(p, weight) ? launch_depthwise_dgrad(prm, dtype, stream)
+                                      : launch_dgrad(prm, dtype, math_for(dtype), stream),
                  "the sliced_conv2d grad-input kernel");
   return dx.contiguous(follow_format(x));
 }
@@ -178,19 +191,30 @@ at::Tensor grad_input(const at::Tensor& gyc, const at::Tensor& x, const at::Tens
 at::Tensor grad_weight(const at::Tensor& gyc, const at::Tensor& x, const at::Tensor& weight,
                        const ConvProblem& p, DType dtype) {
   ConvGemmParams prm;
-  prm.g = checked_geometry(p);
+  prm.g = checked_geometry(p, weight);
   prm.w = weight_view(weight, p);
   const auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   const GemmShape shape = gemm_shape(Pass::Wgrad, prm.g);
-  const int64_t bm = block_m(Pass::Wgrad, prm.g);
-  const int64_t tiles = ((shape.m + bm - 1) / bm) * ((shape.n + kBlockN - 1) / kBlockN);
-  // At most 64 splits, of at least 4 K tiles each, and a workspace of at most 256 MiB.
+  const bool dw = depthwise(p, weight);
   const auto acc_type = dtype == DType::Float64 ? at::kDouble : at::kFloat;
   const int64_t acc_bytes = dtype == DType::Float64 ? 8 : 4;
-  const int64_t by_memory = std::max<int64_t>(1, (int64_t(256) << 20) / (shape.m * shape.n * acc_bytes));
-  prm.split = choose_split_k(shape.k, block_k(dtype), tiles, sm_count(), 4,
-                             int32_t(std::min<int64_t>(64, by_memory)));
-  auto workspace = at::empty({prm.split.splits, shape.m, shape.n}, x.options().dtype(acc_type));
+  // One split's workspace: every active group's K x (R*S*C) block.
+  const int64_t rows = k_pitch(prm.g);
+  // At most 64 splits (grid z: groups x splits <= 65535) and a workspace of at most 256 MiB.
+  const int64_t by_memory = std::max<int64_t>(1, (int64_t(256) << 20) / (rows * shape.n * acc_bytes));
+  const int32_t max_splits = int32_t(std::min<int64_t>(
+      {64, by_memory, dw ? 65535 : std::max<int64_t>(1, 65535 / prm.g.groups)}));
+  if (dw) {
+    // Splits over output pixels, at least 256 each.
+    prm.split = depthwise_split(prm.g, sm_count(), 256, max_splits);
+  } else {
+    // Splits of at least 4 K tiles each.
+    const int64_t bm = block_m(Pass::Wgrad, prm.g);
+    const int64_t tiles = ((shape.m + bm - 1) / bm) * ((shape.n + kBlockN - 1) / kBlockN) *
+                          prm.g.groups;
+    prm.split = choose_split_k(shape.k, block_k(dtype), tiles, sm_count(), 4, max_splits);
+  }
+  auto workspace = at::empty({prm.split.splits, rows, shape.n}, x.options().dtype(acc_type));
   poison(workspace);
   // The dense full gradient, in the weight's layout.
   auto gw = at::empty(weight.sizes(), weight.options().memory_format(follow_format(weight)));
@@ -202,9 +226,12 @@ at::Tensor grad_weight(const at::Tensor& gyc, const at::Tensor& x, const at::Ten
   prm.d = workspace.data_ptr();
   prm.vec_a = a_vectorizable(Pass::Wgrad, prm.g, address(gyc), vec);
   prm.vec_b = b_vectorizable(Pass::Wgrad, prm.g, prm.w, address(xc), vec);
-  DVN_CUDA_CHECK(launch_wgrad(prm, dtype, math_for(dtype), gw.data_ptr(), int32_t(gw.size(0)),
-                              int32_t(gw.size(1)), channels_last,
-                              c10::cuda::getCurrentCUDAStream()),
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  DVN_CUDA_CHECK(dw ? launch_depthwise_wgrad(prm, dtype, gw.data_ptr(), int32_t(gw.size(0)),
+                                             int32_t(gw.size(1)), channels_last, stream)
+                    : launch_wgrad(prm, dtype, math_for(dtype), gw.data_ptr(),
+                                   int32_t(gw.size(0)), int32_t(gw.size(1)), channels_last,
+                                   stream),
                  "the sliced_conv2d grad-weight kernels");
   return gw;
 }
@@ -216,7 +243,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_o
                                                         std::array<bool, 3> output_mask) {
   check_cuda(x, "x");
   const auto p = make_backward_problem(grad_out, x, weight, spec);
-  check_groups(p);
   const DType dtype = kernel_dtype(x);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto [need_x, need_w, need_b] = output_mask;

@@ -21,7 +21,8 @@ enum class DType : int { Float16 = 0, BFloat16 = 1, Float32 = 2, Float64 = 3 };
 // bfloat16 always use tensor cores (float32 accumulation); float64 always uses FMAs.
 enum class Math : int { TensorCore = 0, Exact = 1 };
 
-// One implicit GEMM of one pass (see conv_gemm.h for the operands of each pass).
+// One implicit GEMM of one pass (see conv_gemm.h for the operands of each pass); grouped
+// convolutions run g.groups of them, one per active group (the grid's z).
 struct ConvGemmParams {
   Geometry g;
   WeightView w;           // the full weight (fprop, dgrad)
@@ -48,12 +49,22 @@ inline int block_m(Pass pass, const Geometry& g) {
 cudaError_t launch_fprop(const ConvGemmParams& p, DType t, Math math, cudaStream_t stream);
 cudaError_t launch_dgrad(const ConvGemmParams& p, DType t, Math math, cudaStream_t stream);
 
-// wgrad: partial products into `p.d`, a (split.splits, K, R*S*C) workspace of float32 (float64
+// wgrad: partial products into `p.d`, a (split.splits, groups * K, R*S*C) workspace of float32 (float64
 // for float64), then a deterministic sum over the splits written into `grad_w`, the dense full
 // weight gradient (full_out, full_in, R, S), contiguous or channels_last: the active block
 // (channel ranges p.w.out / p.w.in) gets the sums, every other element zero.
 cudaError_t launch_wgrad(const ConvGemmParams& p, DType t, Math math, void* grad_w,
                          int32_t full_out, int32_t full_in, bool channels_last,
                          cudaStream_t stream);
+
+// Depthwise convolutions (one input channel per group, g.c == 1): direct kernels
+// (depthwise_kernel.cuh), exact products with float32 (float64) accumulation whatever `math`.
+// The wgrad workspace `p.d` is (split.splits, groups * g.k, R*S), split over output pixels
+// (split.tiles_per_split pixels each: depthwise_split).
+cudaError_t launch_depthwise_fprop(const ConvGemmParams& p, DType t, cudaStream_t stream);
+cudaError_t launch_depthwise_dgrad(const ConvGemmParams& p, DType t, cudaStream_t stream);
+cudaError_t launch_depthwise_wgrad(const ConvGemmParams& p, DType t, void* grad_w,
+                                   int32_t full_out, int32_t full_in, bool channels_last,
+                                   cudaStream_t stream);
 
 }  // namespace dvn::cuda

@@ -4,7 +4,8 @@
 // grad input, split-K grad weight and its reduction into the full gradient) over random
 // geometries, one and two segments per side, weight strides, scalar and 16-byte vector loads,
 // for the tensor-core path (float32 as TF32 with exact products, bfloat16) and the FMA path
-// (float32, float64), against a direct convolution in float64. Shared memory is poisoned
+// (float32, float64), grouped convolutions (the group as grid z) and the direct depthwise
+// kernels, against a direct convolution in float64. Shared memory is poisoned
 // (NaN bytes) before every CTA, outputs before every pass.
 //   g++ -std=c++17 -O2 -pthread -I csrc -DDVN_EMULATE_CUDA csrc/tests/test_conv_gemm_emulated.cpp
 #include <algorithm>
@@ -13,7 +14,7 @@
 #include <string>
 #include <thread>
 
-#include "cuda/conv_gemm_kernel.cuh"
+#include "cuda/depthwise_kernel.cuh"
 
 namespace dvn::cuda::detail {
 // The kernels' `extern __shared__` buffer: one CTA runs at a time.
@@ -28,6 +29,7 @@ namespace {
 int failures = 0;
 int vector_passes = 0, passes = 0, split_passes = 0;  // coverage, checked at the end
 int small_tile_passes = 0;  // passes that ran 64-row M tiles (block_m)
+int grouped_passes = 0, depthwise_passes = 0;
 
 void expect(bool ok, const std::string& what) {
   if (!ok && failures++ < 20) std::fprintf(stderr, "FAILED: %s\n", what.c_str());
@@ -87,7 +89,7 @@ template <typename T, Pass P, bool kTensorCores, int BM>
 void run_tile(const ConvGemmParams& p) {
   const GemmShape s = gemm_shape(P, p.g);
   const dim3 grid{unsigned((s.m + BM - 1) / BM), unsigned((s.n + kBlockN - 1) / kBlockN),
-                  P == Pass::Wgrad ? unsigned(p.split.splits) : 1u};
+                  unsigned(p.g.groups * (P == Pass::Wgrad ? p.split.splits : 1))};
   run_grid(grid, [&] { detail::conv_gemm_kernel<T, P, kTensorCores, BM>(p); });
 }
 
@@ -99,6 +101,26 @@ void run_pass(const ConvGemmParams& p) {
     run_tile<T, P, kTensorCores, kBlockMSmall>(p);
   } else {
     run_tile<T, P, kTensorCores, kBlockMLarge>(p);
+  }
+}
+
+// As launch_depthwise does: the direct depthwise kernel of pass P.
+template <typename T, Pass P>
+void run_depthwise(const ConvGemmParams& p) {
+  const Geometry& g = p.g;
+  if constexpr (P == Pass::Wgrad) {
+    const dim3 grid{unsigned((k_pitch(g) + 31) / 32), unsigned(g.r * g.s),
+                    unsigned(p.split.splits)};
+    run_grid(grid, [&] { detail::depthwise_wgrad_kernel<T>(p); });
+  } else {
+    const int64_t n = P == Pass::Fprop ? int64_t(g.n) * g.p * g.q * k_pitch(g)
+                                       : int64_t(g.n) * g.h * g.w * c_pitch(g);
+    const dim3 grid{unsigned((n + kThreads - 1) / kThreads), 1, 1};
+    if constexpr (P == Pass::Fprop) {
+      run_grid(grid, [&] { detail::depthwise_fprop_kernel<T>(p); });
+    } else {
+      run_grid(grid, [&] { detail::depthwise_dgrad_kernel<T>(p); });
+    }
   }
 }
 
@@ -117,9 +139,14 @@ ChannelRanges random_segments(Rng& rng, int total, int full, int align, bool two
   return s;
 }
 
+// Case `index` is ungrouped (index % 3 == 0), grouped (1) or depthwise (2: one input channel
+// per group, a channel multiplier of 1 or 2). Grouped cases hold whole groups in one or two
+// ranges; the weight's second dimension is then a group's input channels.
 template <typename T, bool kTensorCores>
 void run_case(Rng& rng, int index) {
   constexpr int vec = 16 / int(sizeof(T));
+  const int mode = index % 3;
+  const bool grouped = mode != 0, dw = mode == 2;
   Geometry g;
   const int align = rng.range(0, 2) ? vec : 1;
   g.n = rng.range(1, 3);
@@ -135,14 +162,29 @@ void run_case(Rng& rng, int index) {
   g.w = rng.range(std::max(1, (g.s - 1) * g.dil_w + 1 - 2 * g.pad_w), 13);
   g.p = (g.h + 2 * g.pad_h - g.dil_h * (g.r - 1) - 1) / g.stride_h + 1;
   g.q = (g.w + 2 * g.pad_w - g.dil_w * (g.s - 1) - 1) / g.stride_w + 1;
-  g.c = align * rng.range(1, std::max(1, 20 / align));
-  g.k = align * rng.range(1, std::max(1, 70 / align));  // > 64: two N tiles in fprop
   const bool two_in = rng.range(0, 1), two_out = rng.range(0, 1);
-  const int full_in = g.c + align * rng.range(two_in ? 1 : 0, 2);
-  const int full_out = g.k + align * rng.range(two_out ? 1 : 0, 2);
+  int full_in, full_out;
   WeightView wv;
-  wv.in = random_segments(rng, g.c, full_in, align, two_in);
-  wv.out = random_segments(rng, g.k, full_out, align, two_out);
+  if (!grouped) {
+    g.c = align * rng.range(1, std::max(1, 20 / align));
+    g.k = align * rng.range(1, std::max(1, 70 / align));  // > 64: two N tiles in fprop
+    full_in = g.c + align * rng.range(two_in ? 1 : 0, 2);
+    full_out = g.k + align * rng.range(two_out ? 1 : 0, 2);
+    wv.in = random_segments(rng, g.c, full_in, align, two_in);
+    wv.out = random_segments(rng, g.k, full_out, align, two_out);
+  } else {
+    // Active groups in one or two ranges of the full groups, the same on both sides.
+    g.c = dw ? 1 : align * rng.range(1, std::max(1, 12 / align));
+    g.k = dw ? rng.range(1, 2) : align * rng.range(1, std::max(1, 20 / align));
+    g.groups = dw ? rng.range(1, 40) : rng.range(1, 3);
+    const int full_groups = g.groups + rng.range(two_out ? 1 : 0, 2);
+    const ChannelRanges groups = random_segments(rng, g.groups, full_groups, 1, two_out);
+    full_in = g.c;
+    full_out = full_groups * g.k;
+    wv.in = {0, g.c, 0, 0};
+    wv.out = {groups.start0 * g.k, groups.length0 * g.k, groups.start1 * g.k,
+              groups.length1 * g.k};
+  }
   const bool w_channels_last = rng.range(0, 1);
   const int64_t r = g.r, s = g.s, ci = full_in;
   if (w_channels_last) {
@@ -153,34 +195,37 @@ void run_case(Rng& rng, int index) {
   const bool gw_channels_last = rng.range(0, 1);
   char name[256];
   std::snprintf(name, sizeof name,
-                "case %d (%s%s): n=%d c=%d k=%d hw=%dx%d rs=%dx%d stride=%d,%d pad=%d,%d "
+                "case %d (%s%s%s): groups=%d n=%d c=%d k=%d hw=%dx%d rs=%dx%d stride=%d,%d pad=%d,%d "
                 "dil=%d,%d in=(%d,%d|%d,%d) out=(%d,%d|%d,%d) w_cl=%d",
                 index, sizeof(T) == 2 ? "bf16" : sizeof(T) == 4 ? "f32" : "f64",
-                kTensorCores ? " tc" : " fma", g.n, g.c, g.k, g.h, g.w, g.r, g.s, g.stride_h,
+                kTensorCores ? " tc" : " fma", dw ? " depthwise" : "", g.groups, g.n, g.c, g.k, g.h, g.w, g.r, g.s, g.stride_h,
                 g.stride_w, g.pad_h, g.pad_w, g.dil_h, g.dil_w, wv.in.start0, wv.in.length0,
                 wv.in.start1, wv.in.length1, wv.out.start0, wv.out.length0, wv.out.start1,
                 wv.out.length1, int(w_channels_last));
 
   // Inputs, rounded to T; the reference sees the rounded values.
-  const size_t nx = size_t(g.n) * g.h * g.w * g.c, ny = size_t(g.n) * g.p * g.q * g.k;
+  const int kp = int(k_pitch(g)), cp = int(c_pitch(g));  // channels per pixel of y and x
+  const size_t nx = size_t(g.n) * g.h * g.w * cp, ny = size_t(g.n) * g.p * g.q * kp;
   const size_t nw = size_t(full_out) * full_in * g.r * g.s;
   std::vector<T> x(nx), gy(ny), w(nw, poison_value<T>()), bias(full_out);
   for (auto& v : x) v = from_double<T>(rng.value());
   for (auto& v : gy) v = from_double<T>(rng.value());
   for (auto& v : bias) v = from_double<T>(rng.value());
-  for (int k = 0; k < g.k; ++k)
+  for (int k = 0; k < kp; ++k)
     for (int c = 0; c < g.c; ++c)
       for (int rr = 0; rr < g.r; ++rr)
         for (int ss = 0; ss < g.s; ++ss)
           w[weight_offset(wv, k, c, rr, ss)] = from_double<T>(rng.value());
 
-  // Direct convolution in float64.
-  std::vector<double> y_ref(ny, 0.0), gx_ref(nx, 0.0), gw_ref(size_t(g.k) * g.c * g.r * g.s, 0.0);
+  // Direct convolution in float64: compact output channel k reads its group's g.c input
+  // channels (compact input channel (k / g.k) * g.c + c; ungrouped: all of them).
+  std::vector<double> y_ref(ny, 0.0), gx_ref(nx, 0.0), gw_ref(size_t(kp) * g.c * g.r * g.s, 0.0);
   for (int n = 0; n < g.n; ++n)
     for (int p = 0; p < g.p; ++p)
       for (int q = 0; q < g.q; ++q)
-        for (int k = 0; k < g.k; ++k) {
-          const size_t yi = ((size_t(n) * g.p + p) * g.q + q) * g.k + k;
+        for (int k = 0; k < kp; ++k) {
+          const size_t yi = ((size_t(n) * g.p + p) * g.q + q) * kp + k;
+          const int c0 = (k / g.k) * g.c;
           y_ref[yi] += to_double(bias[wv.out.physical(k)]);
           for (int rr = 0; rr < g.r; ++rr)
             for (int ss = 0; ss < g.s; ++ss) {
@@ -188,7 +233,7 @@ void run_case(Rng& rng, int index) {
               const int ww = q * g.stride_w - g.pad_w + ss * g.dil_w;
               if (h < 0 || h >= g.h || ww < 0 || ww >= g.w) continue;
               for (int c = 0; c < g.c; ++c) {
-                const size_t xi = ((size_t(n) * g.h + h) * g.w + ww) * g.c + c;
+                const size_t xi = ((size_t(n) * g.h + h) * g.w + ww) * cp + c0 + c;
                 const double wt = to_double(w[weight_offset(wv, k, c, rr, ss)]);
                 y_ref[yi] += to_double(x[xi]) * wt;
                 gx_ref[xi] += to_double(gy[yi]) * wt;
@@ -226,7 +271,7 @@ void run_case(Rng& rng, int index) {
     prm.bias_stride = 1;
     prm.vec_a = a_vectorizable(Pass::Fprop, g, reinterpret_cast<uintptr_t>(x.data()), vec);
     prm.vec_b = b_vectorizable(Pass::Fprop, g, wv, reinterpret_cast<uintptr_t>(w.data()), vec);
-    run_pass<T, Pass::Fprop, kTensorCores>(prm);
+    dw ? run_depthwise<T, Pass::Fprop>(prm) : run_pass<T, Pass::Fprop, kTensorCores>(prm);
     ++passes;
     vector_passes += prm.vec_a && prm.vec_b;
     compare(y, y_ref, std::string("forward (vec ") + char('0' + prm.vec_a) + char('0' + prm.vec_b) + ")");
@@ -240,7 +285,7 @@ void run_case(Rng& rng, int index) {
     prm.d = gx.data();
     prm.vec_a = a_vectorizable(Pass::Dgrad, g, reinterpret_cast<uintptr_t>(gy.data()), vec);
     prm.vec_b = b_vectorizable(Pass::Dgrad, g, wv, reinterpret_cast<uintptr_t>(w.data()), vec);
-    run_pass<T, Pass::Dgrad, kTensorCores>(prm);
+    dw ? run_depthwise<T, Pass::Dgrad>(prm) : run_pass<T, Pass::Dgrad, kTensorCores>(prm);
     ++passes;
     vector_passes += prm.vec_a && prm.vec_b;
     compare(gx, gx_ref, std::string("grad input (vec ") + char('0' + prm.vec_a) + char('0' + prm.vec_b) + ")");
@@ -250,20 +295,23 @@ void run_case(Rng& rng, int index) {
     using Acc = typename detail::Num<T>::Acc;
     const GemmShape sh = gemm_shape(Pass::Wgrad, g);
     const int64_t bm = block_m(Pass::Wgrad, prm.g);
-    const int64_t tiles = ((sh.m + bm - 1) / bm) * ((sh.n + kBlockN - 1) / kBlockN);
-    prm.split = choose_split_k(sh.k, detail::Tiles<T, Pass::Wgrad>::BK, tiles, rng.range(1, 8),
-                               1, 64);
-    std::vector<Acc> ws(size_t(prm.split.splits) * sh.m * sh.n, Acc(std::nan("")));
+    const int64_t tiles = ((sh.m + bm - 1) / bm) * ((sh.n + kBlockN - 1) / kBlockN) * g.groups;
+    prm.split = dw ? depthwise_split(g, rng.range(1, 8), 1, 64)
+                   : choose_split_k(sh.k, detail::Tiles<T, Pass::Wgrad>::BK, tiles,
+                                    rng.range(1, 8), 1, 64);
+    std::vector<Acc> ws(size_t(prm.split.splits) * kp * sh.n, Acc(std::nan("")));
     std::vector<T> gw(nw, poison_value<T>());
     prm.a = gy.data();
     prm.b = x.data();
     prm.d = ws.data();
     prm.vec_a = a_vectorizable(Pass::Wgrad, g, reinterpret_cast<uintptr_t>(gy.data()), vec);
     prm.vec_b = b_vectorizable(Pass::Wgrad, g, wv, reinterpret_cast<uintptr_t>(x.data()), vec);
-    run_pass<T, Pass::Wgrad, kTensorCores>(prm);
+    dw ? run_depthwise<T, Pass::Wgrad>(prm) : run_pass<T, Pass::Wgrad, kTensorCores>(prm);
     ++passes;
     vector_passes += prm.vec_a && prm.vec_b;
     split_passes += prm.split.splits > 1;
+    grouped_passes += grouped && !dw && g.groups > 1;
+    depthwise_passes += dw;
     threadIdx = {0, 0, 0};
     blockIdx = {0, 0, 0};
     gridDim = {1, 1, 1};
@@ -279,7 +327,7 @@ void run_case(Rng& rng, int index) {
     } else {
       dense.stride[0] = ci * r * s; dense.stride[1] = r * s; dense.stride[2] = s; dense.stride[3] = 1;
     }
-    for (int k = 0; k < g.k; ++k)
+    for (int k = 0; k < kp; ++k)
       for (int c = 0; c < g.c; ++c)
         for (int rr = 0; rr < g.r; ++rr)
           for (int ss = 0; ss < g.s; ++ss)
@@ -307,13 +355,16 @@ int main(int argc, char** argv) {
   expect(emulation::failures == 0,
          std::to_string(emulation::failures.load()) + " misaligned cp.async or WMMA accesses");
   expect(vector_passes > 0 && vector_passes < passes && split_passes > 0 &&
-             small_tile_passes > 0 && small_tile_passes < passes,
-         "the cases must cover vector and element loads, split-K and both M tiles");
+             small_tile_passes > 0 && small_tile_passes < passes &&
+             (cases < 3 || (grouped_passes > 0 && depthwise_passes > 0)),
+         "the cases must cover vector and element loads, split-K, both M tiles, grouped and "
+         "depthwise convolutions");
   if (failures == 0) {
     std::printf("emulated CUDA kernels passed (%d cases x 4 types x 2 copy modes: %d passes, "
                 "%d with vector loads of both operands, %d wgrad with split-K, %d with "
-                "64-row tiles)\n",
-                cases, passes, vector_passes, split_passes, small_tile_passes);
+                "64-row tiles, %d wgrad grouped, %d wgrad depthwise)\n",
+                cases, passes, vector_passes, split_passes, small_tile_passes, grouped_passes,
+                depthwise_passes);
   }
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
