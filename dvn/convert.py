@@ -4,18 +4,22 @@
     logits = vm(x, task=2, level=1)
 
 Conv2d layers become SlicedConv2d (inputs with ``unsplit_in_channels`` channels, the image,
-stay whole), BatchNorm2d layers SlicedBatchNorm2d (every configuration starts from the
-original statistics and affine parameters of its channels), Linear layers SlicedLinear
-(classifiers on pooled features: inputs split into units, outputs whole). The model's own
-forward code runs unchanged: ``VirtualModel`` hands the selection to its sliced layers through
-a context variable (``dvn.networks.selected``) for the duration of one call. Context variables
-are per thread (and per asyncio task), so one model object serves concurrent calls with
-different (task, level) correctly.
+stay whole; grouped and depthwise convs included), BatchNorm2d layers SlicedBatchNorm2d (every
+configuration starts from the original statistics and affine parameters of its channels),
+Linear layers SlicedLinear (on pooled features: inputs split into units; outputs whole for the
+model's outputs, split for the hidden layers of an MLP head). Every channel count gets one
+unit layout, in whole groups where grouped convs need them (``dvn.layouts``). Activations,
+pooling, dropout, squeeze-excitation products and residual sums act on the compact tensors
+as they are. The model's own forward code runs unchanged: ``VirtualModel`` hands the
+selection to its sliced layers through a context variable (``dvn.networks.selected``) for the
+duration of one call. Context variables are per thread (and per asyncio task), so one model
+object serves concurrent calls with different (task, level) correctly.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from typing import Optional
 
 import torch
@@ -23,6 +27,7 @@ import torch.nn as nn
 
 from .conv import SlicedConv2d
 from .heads import SlicedLinear
+from .layouts import ChannelLayouts
 from .networks import VirtualNetworks, selected
 from .norm import SlicedBatchNorm2d
 
@@ -50,67 +55,99 @@ class VirtualModel(nn.Module):
             raise NotImplementedError("fold_bn: folding batch norm needs the model's data flow, "
                                       "known only for dvn's own backbones (dvn.wrn, dvn.resnet)")
         active = self.networks.active(task, level)
-        static = copy.deepcopy(self.module)
-        _replace(static, lambda name, m: m.export(active) if isinstance(m, SLICED) else None)
-        return static.train(self.training)
+        # deepcopy takes each sliced layer's export from the memo instead of copying the layer
+        # (full weights, every configuration's batch norms): only the rest is copied.
+        memo = {id(m): m.export(active) for m in self.module.modules() if isinstance(m, SLICED)}
+        return copy.deepcopy(self.module, memo).train(self.training)
 
 
 def convert_to_sliced(model: nn.Module, networks: VirtualNetworks, *,
-                      unsplit_in_channels: int = 3, backend: str = "auto",
-                      inplace: bool = False) -> VirtualModel:
+                      unsplit_in_channels: int = 3, outputs: Optional[Collection[str]] = None,
+                      backend: str = "auto", inplace: bool = False) -> VirtualModel:
     """``model`` with its Conv2d / BatchNorm2d / Linear layers split into ``networks.units``
-    units, wrapped for per-(task, level) calls. Raises for layers it cannot slice."""
+    units, wrapped for per-(task, level) calls. Raises ValueError naming the layer for layers
+    it cannot slice.
+
+    ``outputs``: names of the Conv2d / Linear layers whose outputs stay whole (the model's
+    outputs). By default, every Linear whose ``out_features`` no other Linear takes as input:
+    the classifier stays whole, the hidden layers of an MLP head (MobileNetV3's) split.
+    """
     model = model if inplace else copy.deepcopy(model)
     k = networks.units
+    layouts = ChannelLayouts(model, k, unsplit_in_channels)
+    whole = _whole_outputs(model, outputs)
+
+    def out_units(name: str, channels: int):
+        return None if name in whole else layouts(channels, name)
 
     def convert(name: str, m: nn.Module) -> Optional[nn.Module]:
         if isinstance(m, SLICED):
             raise ValueError(f"model: layer {name} is already sliced")
         if isinstance(m, nn.Conv2d):
-            if m.groups != 1:
-                raise ValueError(f"model: conv {name} has groups={m.groups}; sliced "
-                                 "convolutions support groups=1 only")
-            in_units = None if m.in_channels == unsplit_in_channels else k
-            sliced = SlicedConv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride,
-                                  m.padding, m.dilation, 1, m.bias is not None, m.padding_mode,
-                                  device=m.weight.device, dtype=m.weight.dtype,
-                                  in_units=_units(in_units, m.in_channels, name),
-                                  out_units=_units(k, m.out_channels, name), backend=backend)
+            in_units = None if m.in_channels == unsplit_in_channels \
+                else layouts(m.in_channels, name)
+            conv_out_units = out_units(name, m.out_channels)
+            try:
+                sliced = SlicedConv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride,
+                                      m.padding, m.dilation, m.groups, m.bias is not None,
+                                      m.padding_mode, device=m.weight.device,
+                                      dtype=m.weight.dtype, in_units=in_units,
+                                      out_units=conv_out_units, backend=backend)
+            except ValueError as e:
+                raise ValueError(f"model: layer {name}: {e}") from None
             sliced.load_state_dict(m.state_dict())
-            return sliced
+            return sliced.train(m.training)
         if isinstance(m, nn.BatchNorm2d):
-            sliced = SlicedBatchNorm2d(m.num_features, _units(k, m.num_features, name), networks,
+            sliced = SlicedBatchNorm2d(m.num_features, layouts(m.num_features, name), networks,
                                        m.eps, m.momentum, m.affine, m.track_running_stats,
-                                       device=_device(m))
+                                       device=_device(m), dtype=_dtype(m))
             for task, level in networks.configs():
                 active = networks.active(task, level)
                 _copy_bn(m, sliced.norms[active.key], sliced.layout.segments(active.unit_set))
-            return sliced
+            return sliced.train(m.training)
         if isinstance(m, nn.Linear):
             sliced = SlicedLinear(m.in_features, m.out_features, m.bias is not None,
                                   device=m.weight.device, dtype=m.weight.dtype,
-                                  in_units=_units(k, m.in_features, name))
+                                  in_units=layouts(m.in_features, name),
+                                  out_units=out_units(name, m.out_features))
             sliced.load_state_dict(m.state_dict())
-            return sliced
+            return sliced.train(m.training)
         if isinstance(m, UNSUPPORTED):
             raise ValueError(f"model: layer {name} ({type(m).__name__}) cannot be sliced into "
                              "units; supported are Conv2d, BatchNorm2d and Linear")
         return None
 
     _replace(model, convert)
-    return VirtualModel(model, networks)
+    return VirtualModel(model, networks).train(model.training)  # the layers' modes kept
 
 
-def _units(units: Optional[int], channels: int, name: str) -> Optional[int]:
-    if units is not None and channels < units:
-        raise ValueError(f"units: layer {name} has {channels} channels, fewer than the "
-                         f"{units} units asked for")
-    return units
+def _whole_outputs(model: nn.Module, outputs: Optional[Collection[str]]) -> set[str]:
+    """The layers whose outputs stay whole (see convert_to_sliced)."""
+    if outputs is None:
+        linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        return {n for n, m in linears
+                if all(m.out_features != other.in_features for o, other in linears if o != n)}
+    if isinstance(outputs, str):
+        raise TypeError("outputs: expected a collection of layer names, got a string")
+    layers = dict(model.named_modules())
+    for name in outputs:
+        if not isinstance(layers.get(name), (nn.Conv2d, nn.Linear)):
+            raise ValueError(f"outputs: {name!r} is not a Conv2d or Linear layer of the model")
+    return set(outputs)
 
 
 def _device(m: nn.Module) -> Optional[torch.device]:
     for t in list(m.parameters()) + list(m.buffers()):
         return t.device
+    return None
+
+
+def _dtype(m: nn.Module) -> Optional[torch.dtype]:
+    """The dtype of a batch norm's floating point state (its affine parameters or running
+    statistics), or None for torch's default."""
+    for t in list(m.parameters()) + list(m.buffers()):
+        if t.is_floating_point():
+            return t.dtype
     return None
 
 

@@ -9,6 +9,7 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import skip_init
 
 from dvn_kernels.channels import take_channels
 
@@ -55,29 +56,46 @@ class LevelHeads(nn.Module):
 
 
 class SlicedLinear(nn.Linear):
-    """``nn.Linear`` whose input features are split into units (output unsplit): one shared
-    classifier read through the active units' columns. Same parameters as ``nn.Linear``."""
+    """``nn.Linear`` whose input features are split into units: one shared classifier read
+    through the active units' columns. ``out_units`` splits the output too (a hidden layer
+    of an MLP head: the next layer takes the active units' features); by default the output
+    is whole (the model's logits). Same parameters as ``nn.Linear``."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
-                 dtype=None, *, in_units: UnitSpec = None) -> None:
+                 dtype=None, *, in_units: UnitSpec = None, out_units: UnitSpec = None) -> None:
         super().__init__(in_features, out_features, bias, device, dtype)
         self.in_layout = UnitLayout.of(in_features, in_units)
+        self.out_layout = UnitLayout.of(out_features, out_units)
+
+    def _block(self, active: Optional[Active]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The active units' weight block and bias."""
+        units = None if active is None else active.unit_set
+        ins, outs = self.in_layout.segments(units), self.out_layout.segments(units)
+        weight, bias = take_channels(self.weight, 1, ins.flat()), self.bias
+        if self.out_layout.split:
+            weight = take_channels(weight, 0, outs.flat())
+            bias = take_channels(bias, 0, outs.flat()) if bias is not None else None
+        return weight, bias
 
     def forward(self, x: torch.Tensor, active: Optional[Active] = None) -> torch.Tensor:
         if active is None:
             active = current_selection()
-        ins = self.in_layout.segments(None if active is None else active.unit_set)
-        if x.shape[-1] != ins.total:
+        weight, bias = self._block(active)
+        if x.shape[-1] != weight.shape[1]:
             raise ValueError(f"x: has {x.shape[-1]} features but the active units select "
-                             f"{ins.total}")
-        return F.linear(x, take_channels(self.weight, 1, ins.flat()), self.bias)
+                             f"{weight.shape[1]}")
+        return F.linear(x, weight, bias)
 
     def export(self, active: Optional[Active]) -> nn.Linear:
-        ins = self.in_layout.segments(None if active is None else active.unit_set)
-        out = nn.Linear(ins.total, self.out_features, self.bias is not None,
-                        device=self.weight.device, dtype=self.weight.dtype)
+        weight, bias = self._block(active)
+        out = skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias is not None,
+                        device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
-            out.weight.copy_(take_channels(self.weight, 1, ins.flat()))
-            if self.bias is not None:
-                out.bias.copy_(self.bias)
+            out.weight.copy_(weight)
+            if bias is not None:
+                out.bias.copy_(bias)
         return out
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, in_units={self.in_layout.count}, "
+                f"out_units={self.out_layout.count}")

@@ -22,21 +22,31 @@ class UnitLayout:
     ``UnitLayout(64, 4)`` gives 4 units of 16; ``UnitLayout(10, 3)`` spreads the remainder
     over the first units ([4, 3, 3]); ``UnitLayout(10, [6, 4])`` takes explicit sizes;
     ``UnitLayout(3, None)`` is unsplit (an RGB input: every unit set sees all 3 channels).
+    ``UnitLayout(104, 4, quantum=8)`` splits in whole quanta of 8 channels, as equally as
+    possible ([32, 24, 24, 24]): units of whole groups for a grouped convolution whose groups
+    have 8 channels, where 4 equal units of 26 would cut them.
     """
 
     __slots__ = ("channels", "sizes", "_cache")
 
-    def __init__(self, channels: int, units: Union[None, int, Sequence[int]] = None) -> None:
+    def __init__(self, channels: int, units: Union[None, int, Sequence[int]] = None, *,
+                 quantum: int = 1) -> None:
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels: expected a positive int, got {channels!r}")
+        if isinstance(quantum, bool) or not isinstance(quantum, int) or quantum < 1 \
+                or channels % quantum:
+            raise ValueError(f"quantum: expected a positive int dividing the {channels} "
+                             f"channels, got {quantum!r}")
         self.channels = channels
         if units is None:
             self.sizes: Optional[tuple[int, ...]] = None
         elif isinstance(units, int) and not isinstance(units, bool):
-            if units < 1 or units > channels:
+            if units < 1 or units * quantum > channels:
                 raise ValueError(f"units: cannot split {channels} channels into {units} units "
-                                 f"(need 1 <= units <= channels)")
-            self.sizes = tuple(split_channels(channels, units))
+                                 + ("(need 1 <= units <= channels)" if quantum == 1 else
+                                    f"of whole quanta of {quantum} channels (there are "
+                                    f"{channels // quantum} quanta)"))
+            self.sizes = tuple(quantum * s for s in split_channels(channels // quantum, units))
         else:
             sizes = tuple(units)
             if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
@@ -46,6 +56,9 @@ class UnitLayout:
             if sum(sizes) != channels:
                 raise ValueError(f"units: unit sizes {list(sizes)} sum to {sum(sizes)}, "
                                  f"not to the {channels} channels")
+            if any(s % quantum for s in sizes):
+                raise ValueError(f"units: unit sizes {list(sizes)} are not all multiples of "
+                                 f"the quantum {quantum}")
             self.sizes = sizes
         self._cache: dict[tuple[int, ...], ChannelSegments] = {}
 

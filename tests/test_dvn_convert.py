@@ -128,7 +128,9 @@ def test_level_one_export_is_small_and_plain():
 
 
 @pytest.mark.parametrize("layer, message", [
-    (nn.Conv2d(8, 8, 3, groups=2), "conv 0 has groups=2"),
+    (nn.Conv2d(8, 8, 3, groups=2), r"layer 0 has 8 channels, which the grouped conv\(s\) 0 "
+                                   r"\(groups=2\) split into groups; .* multiples of 4 channels, "
+                                   r"and 8 channels make only 2 of those, fewer than the 4 units"),
     (nn.LayerNorm(8), r"layer 0 \(LayerNorm\) cannot be sliced"),
     (nn.Conv2d(8, 2, 1), "layer 0 has 2 channels, fewer than the 4 units"),
 ])

@@ -44,8 +44,9 @@ def test_sliced_conv_selection_and_export():
 
 
 def test_sliced_conv_bad_arguments():
-    with pytest.raises(ValueError, match="groups: SlicedConv2d supports groups=1 only"):
-        SlicedConv2d(8, 8, 3, groups=2, in_units=2, out_units=2)
+    with pytest.raises(ValueError, match=r"in_units: units \[2, 2, 2, 2\] cut the groups of a "
+                       r"conv of 8 -> 8 channels in groups=2 .*, 4 units; its 2 groups cannot"):
+        SlicedConv2d(8, 8, 3, groups=2, in_units=4, out_units=4)
     with pytest.raises(ValueError, match="cannot split 8 channels into 9 units"):
         SlicedConv2d(8, 8, 3, in_units=9)
     with pytest.raises(ValueError, match="backend: unknown backend 'gpu'"):
