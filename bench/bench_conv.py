@@ -34,3 +34,18 @@ def test_runner_writes_json(tmp_path, capsys):
     assert data["meta"]["batch"] == 2 and len(data["rows"]) == 2 * 5
     assert all(r["ms"]["compact"] > 0 for r in data["rows"])
     assert "| wrn-s1 64->64 @32 k3 | 1/4 | fwd |" in capsys.readouterr().out
+
+
+def test_grouped_and_depthwise_rows(tmp_path, capsys):
+    out = tmp_path / "grouped.json"
+    assert main(["--shapes", "depthwise", "grouped", "--batch", "1", "--levels", "1",
+                 "--modes", "fwd+bwd", "--repeats", "1", "--warmup", "0", "--json",
+                 str(out)]) == 0
+    import json
+
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["name"], r["groups"]) for r in rows} >= {("mbv2-dw-s2", 144), ("rnx-g1", 32)}
+    text = capsys.readouterr().out
+    assert "| mbv2-dw-s2 144->144 @56 k3 g144 s2 | 1/4 | fwd+bwd |" in text
+    assert "# depthwise: level 1 fwd+bwd >= 3x faster than masked:" in text
+    assert "# grouped: cpu <= 1.2x compact at every level:" in text

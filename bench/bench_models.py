@@ -13,3 +13,14 @@ def test_models_runner_writes_json(tmp_path, capsys):
     assert len(rows) == 1 and rows[0]["params"] > 1.8e6
     assert set(rows[0]["ms"]) == {"sliced", "static", "masked"}
     assert "| wrn-32-4 (32x32, batch 2) | 1/2 |" in capsys.readouterr().out
+
+
+def test_mobilenet_v2_rows(tmp_path, capsys):
+    out = tmp_path / "mobilenet.json"
+    assert main(["--models", "mobilenet-v2", "--levels", "1", "--batch", "2", "--repeats", "1",
+                 "--warmup", "0", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1 and 1e5 < rows[0]["params"] < 2.2e6  # about 1/16 of the 1x1 convs
+    text = capsys.readouterr().out
+    assert "| mobilenet-v2 (64x64, batch 2) | 1/4 |" in text
+    assert "# mobilenet-v2 level 1 vs the masked twin:" in text

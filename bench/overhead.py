@@ -8,8 +8,8 @@ Per call (tiny tensors, so the time is the host's): ``dvn_kernels.sliced_conv2d`
 and ``SlicedConv2d(x, active)`` against ``nn.Conv2d``; batches of calls timed in an interleaved
 order, medians of per-call means.
 
-Batch-1 inference (eval, no_grad) of task 1 at every level, for ResNet-42 (k = 4, 64x64) and
-WRN-32-4 (k = 2, 32x32): the DVN run eagerly (``sliced``), the same DVN through
+Batch-1 inference (eval, no_grad) of task 1 at every level, for ResNet-42 (k = 4, 64x64),
+WRN-32-4 (k = 2, 32x32) and torchvision's MobileNetV2 (k = 4, 64x64): the DVN run eagerly (``sliced``), the same DVN through
 ``dvn.compile_configs`` (``captured``: one compiled graph per level), ``dvn.to_static`` of that
 level run eagerly (``static``) and the masked twin (``masked``). Side by side in one process,
 shuffled each round, medians.
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 import dvn
 import dvn_kernels
 from bench.conv import machine_name
+from bench.models import mobilenet_v2
 from bench.timing import time_side_by_side, write_results
 
 # The paper's Table 2: ResNet-42 (k = 4) batch-1 latency per level on a TITAN Xp, milliseconds.
@@ -38,6 +39,7 @@ PAPER_TABLE2_MS = {1: 0.18, 2: 0.38, 3: 0.67, 4: 1.05}
 NETWORKS = {
     "resnet-42": dict(build=lambda: dvn.resnet(42, units=4, num_classes=50), size=64),
     "wrn-32-4": dict(build=lambda: dvn.wrn(32, 4, units=2, num_classes=10), size=32),
+    "mobilenet-v2": dict(build=lambda: mobilenet_v2(4, 10), size=64),
 }
 
 
