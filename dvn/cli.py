@@ -119,8 +119,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _train(a) -> int:
+    from .training.config import TrainConfig
     from .training.scenarios import get_scenario
-    from .training.trainer import TrainConfig, train
+    from .training.trainer import train
     scenario = get_scenario(a.scenario, a.preset, epochs=a.epochs, batch_size=a.batch_size,
                             lr=a.lr, train_subset=a.train_subset, test_subset=a.test_subset)
     only = tuple(a.only or ())
@@ -166,7 +167,7 @@ def _export(a) -> int:
     import torch
     from .export import count_parameters, to_static
     from .results.evaluate import load_run
-    from .training.trainer import resolve_device
+    from .training.config import resolve_device
     device = resolve_device(a.device)
     model, config, _ = load_run(a.run, device)
     model.networks.check(a.task, a.level)

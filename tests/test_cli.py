@@ -87,6 +87,14 @@ def test_export_rejects_a_level_out_of_range(tmp_path, capsys):
     assert "level: 3 does not exist" in capsys.readouterr().err
 
 
+def test_eval_and_export_do_not_import_the_training_loop():
+    code = ("import sys, dvn.cli, dvn.results; from dvn.results.evaluate import load_run; "
+            "dvn.cli.parser(); print('dvn.training.trainer' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_bench_and_module_entry_point(tmp_path, capsys):
     assert main(["bench", "--units", "2", "--depth", "8", "--width", "1", "--batch", "2",
                  "--steps", "1", "--warmup", "1", "--out", str(tmp_path)]) == 0

@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..backbones import BUILDERS
+
 KINDS = ("joint", "hierarchical", "sequential")
 
 
@@ -53,6 +55,8 @@ class Scenario:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
+        if self.arch not in BUILDERS:
+            raise ValueError(f"arch: unknown backbone {self.arch!r} ({', '.join(BUILDERS)})")
         n = len(self.tasks)
         for name in ("input_sizes", "channels"):
             value = getattr(self, name)
@@ -64,6 +68,20 @@ class Scenario:
             raise ValueError(f"units: {n} tasks need at least {n} units, got {self.units}")
         if self.kind in ("hierarchical", "sequential") and n < 2:
             raise ValueError(f"tasks: a {self.kind} scenario needs at least two tasks")
+
+    @property
+    def backbone(self) -> str:
+        """The backbone this scenario builds, as the paper names it: WRN-14-2, ResNet-42."""
+        return f"WRN-{self.depth}-{self.width}" if self.arch == "wrn" else f"ResNet-{self.depth}"
+
+    def backbone_spec(self, num_classes: list[int], backend: str) -> dict:
+        """The ``dvn.backbones.build`` spec of this scenario's model."""
+        spec = dict(arch=self.arch, depth=self.depth, units=self.units, tasks=len(self.tasks),
+                    num_classes=list(num_classes), input_sizes=list(self.input_sizes),
+                    image_channels=list(self.channels), backend=backend)
+        if self.arch == "wrn":
+            spec["width"] = self.width
+        return spec
 
     def replace(self, **changes) -> Scenario:
         return dataclasses.replace(self, **changes)
