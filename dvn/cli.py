@@ -222,9 +222,12 @@ def _bench(a) -> int:
 
 
 def _list(a) -> int:
-    from .training.scenarios import PRESETS, SCENARIOS
+    from .training.scenarios import PRESETS, SCENARIOS, get_scenario
     for s in SCENARIOS.values():
-        print(f"{s.name:14s} {s.kind:13s} {', '.join(s.tasks)}\n{'':14s} {s.description}")
+        scaled = ", ".join(f"{p}: {get_scenario(s.name, p).backbone}" for p in PRESETS
+                           if p != "full")
+        print(f"{s.name:14s} {s.kind:13s} {', '.join(s.tasks)}\n{'':14s} {s.title} "
+              f"({scaled})")
     print("\npresets: " + "; ".join(f"{k}: {v or 'the scenario as defined'}"
                                     for k, v in PRESETS.items()))
     return 0

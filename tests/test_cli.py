@@ -42,7 +42,8 @@ def test_resumed_run_equals_uninterrupted_then_eval_and_export(tmp_path, capsys)
     capsys.readouterr()
     assert main(["eval", a, "--baseline", base, "--repeats", "2", "--latency-batch", "8",
                  "--quiet"]) == 0
-    assert "| 1 (fmnist) | 2 |" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "| 1 (fmnist) | 2 |" in table and "WRN-8-1, k=2" in table  # what the preset built
     result = json.load(open(f"{a}/results.json"))
     assert [(r["task"], r["level"]) for r in result["rows"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     row = result["rows"][1]

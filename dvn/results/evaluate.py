@@ -129,8 +129,8 @@ def evaluate(run: str, *, device: str = "auto", backend: Optional[str] = None,
                 row[f"speedup_vs_full_b{b}"] = full[f"latency_ms_b{b}"] / lat if full else None
                 row[f"speedup_vs_masked_b{b}"] = row[f"masked_ms_b{b}"] / lat
     return {"run": run, "scenario": s.name, "kind": s.kind, "preset": config.preset,
-            "description": s.description, "tasks": list(s.tasks), "units": s.units,
-            "backbone": f"{s.arch}-{s.depth}" + (f"-{s.width}" if s.arch == "wrn" else ""),
+            "description": s.title, "tasks": list(s.tasks), "units": s.units,
+            "backbone": s.backbone,
             "independent": bool(config.only), "configs": [list(c) for c in configs],
             "epochs": train_state["epoch"], "complete": train_state.get("complete", False),
             "train_seconds": sum(h["seconds"] for h in train_state["history"]),

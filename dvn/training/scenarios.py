@@ -50,7 +50,7 @@ class Scenario:
     finetune_lr: Optional[float] = None
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
-    description: str = ""
+    description: str = ""  # the tasks and data; ``title`` adds the backbone and k
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -73,6 +73,11 @@ class Scenario:
     def backbone(self) -> str:
         """The backbone this scenario builds, as the paper names it: WRN-14-2, ResNet-42."""
         return f"WRN-{self.depth}-{self.width}" if self.arch == "wrn" else f"ResNet-{self.depth}"
+
+    @property
+    def title(self) -> str:
+        """The description with what is built from the fields (so it always matches)."""
+        return f"{self.description}; {self.backbone}, k={self.units}"
 
     def backbone_spec(self, num_classes: list[int], backend: str) -> dict:
         """The ``dvn.backbones.build`` spec of this scenario's model."""
@@ -100,31 +105,30 @@ class Scenario:
 _PAPER = "paper (Kim et al. CVPR 2019)"
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("J1", "joint", ("cifar10", "cifar100"), "wrn", 32, 4, 2,
-             description=f"{_PAPER}: CIFAR-10 + CIFAR-100, WRN-32-4, k=2"),
+             description=f"{_PAPER}: CIFAR-10 + CIFAR-100"),
     Scenario("J2", "joint", ("tiny-imagenet-1", "tiny-imagenet-2", "tiny-imagenet-3",
                              "tiny-imagenet-4"), "resnet", 42, 1, 4, (64,), batch_size=64,
-             description=f"{_PAPER}: Tiny-ImageNet in 4 tasks of 50 classes, ResNet-42, k=4"),
+             description=f"{_PAPER}: Tiny-ImageNet in 4 tasks of 50 classes"),
     Scenario("J3", "joint", ("tiny-imagenet", "cifar100", "stl10"), "resnet", 42, 1, 3,
              (64, 32, 96), description=f"{_PAPER}: Tiny-ImageNet + CIFAR-100 + STL-10, "
-             "ResNet-42, k=3 equal units (the paper as written; its Fig. 6 densities differ)"),
+             "equal units (the paper as written; its Fig. 6 densities differ)"),
     Scenario("H1", "hierarchical", ("cifar100-coarse", "cifar100"), "wrn", 32, 4, 2,
-             description=f"{_PAPER}: CIFAR-100 coarse (20) / fine (100), WRN-32-4, k=2"),
+             description=f"{_PAPER}: CIFAR-100 coarse (20) / fine (100)"),
     Scenario("S1", "sequential", ("cifar10-0-4", "cifar10-5-9"), "wrn", 32, 4, 2,
              finetune_lr=0.01,
-             description=f"{_PAPER}: CIFAR-10 classes 0-4 (old) -> 5-9 (new), WRN-32-4, k=2"),
+             description=f"{_PAPER}: CIFAR-10 classes 0-4 (old) -> 5-9 (new)"),
     Scenario("S2", "sequential", ("cifar10", "cifar100"), "wrn", 32, 8, 2,
              finetune_lr=0.01,
-             description=f"{_PAPER}: CIFAR-10 (old) -> CIFAR-100 (new), WRN-32-8, k=2"),
+             description=f"{_PAPER}: CIFAR-10 (old) -> CIFAR-100 (new)"),
     Scenario("fmnist-joint", "joint", ("fmnist", "digits"), "wrn", 14, 4, 2, (28,), (1,),
              epochs=30, description="analogue of J1: Fashion-MNIST + scikit-learn digits "
-             "(upscaled to 28x28), WRN-14-4, k=2"),
+             "(upscaled to 28x28)"),
     Scenario("fmnist-hier", "hierarchical", ("fmnist-coarse", "fmnist-fine"), "wrn", 14, 4, 2,
              (28,), (1,), epochs=30, description="analogue of H1: Fashion-MNIST coarse / fine "
-             "labels of the same images, WRN-14-4, k=2"),
+             "labels of the same images"),
     Scenario("fmnist-seq", "sequential", ("fmnist-0-4", "fmnist-5-9"), "wrn", 14, 4, 2, (28,),
              (1,), epochs=30, finetune_lr=0.01,
-             description="analogue of S1: Fashion-MNIST classes 0-4 (old) -> "
-             "5-9 (new), WRN-14-4, k=2"),
+             description="analogue of S1: Fashion-MNIST classes 0-4 (old) -> 5-9 (new)"),
 ]}
 
 # Each preset maps field -> value (backbone sizes per arch); "full" is the scenario itself.
