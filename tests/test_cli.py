@@ -55,7 +55,7 @@ def test_resumed_run_equals_uninterrupted_then_eval_and_export(tmp_path, capsys)
     out = str(tmp_path / "t2l1.pt2")
     assert main(["export", a, "--task", "2", "--level", "1", "--out", out]) == 0
     program = torch.export.load(out)
-    x = torch.randn(3, 1, 28, 28)
+    x = torch.randn(3, 1, 16, 16)  # the digits task runs at 16x16
     import dvn
     model = dvn.load(f"{a}/checkpoint.pt").eval()
     with torch.no_grad():

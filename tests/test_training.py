@@ -83,6 +83,16 @@ def test_schedule_decays_at_half_and_three_quarters():
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
 
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    s = get_scenario("J1").replace(schedule="linear", warmup=0.1)
+    assert [lr_at(s, i, 100) for i in (0, 9, 10, 55, 99)] == pytest.approx(
+        [0.01, 0.1, 0.1, 0.05, 0.1 / 90])
+    for bad, match in [(dict(schedule="cosine"), "schedule"), (dict(warmup=1.0), "warmup"),
+                       (dict(arch="vgg"), "arch")]:
+        with pytest.raises(ValueError, match=match):
+            s.replace(**bad)
+
+
 @pytest.mark.parametrize("name", ["fmnist-joint", "fmnist-hier"])
 def test_training_lowers_the_loss(synthetic, tmp_path, name):
     s = get_scenario(name, "tiny", epochs=3)
@@ -133,3 +143,4 @@ def test_sequential_keeps_the_old_tasks_batch_norm_statistics(synthetic, tmp_pat
         if ".t1_" in k:
             torch.testing.assert_close(after[k], before[k], rtol=0, atol=0)
     assert any(not torch.equal(after[k], before[k]) for k in stats if ".t2_" in k)
+
