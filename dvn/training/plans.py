@@ -10,6 +10,7 @@ stage: its images only, distillation toward the old network, Eq. 6) and ``indepe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
@@ -24,7 +25,7 @@ from .losses import Stats, joint_loss, sequential_loss
 from .scenarios import Scenario
 from .teacher import Teacher, freeze_batch_norm
 
-Loss = Callable[[nn.Module, dict, Stats], torch.Tensor]
+Loss = Callable[[nn.Module, dict, Stats, int], torch.Tensor]  # (model, batches, stats, step)
 
 
 @dataclass
@@ -38,6 +39,8 @@ class Plan:
     loss: Loss
     teacher: Optional[Teacher] = None
     frozen_norms: tuple[int, ...] = ()
+    warmup_steps: int = 0
+    warmup_tasks: tuple[int, ...] = ()
 
     def start(self, model: nn.Module) -> None:
         """Initialises a new (not resumed) model: from the teacher where there is one."""
@@ -47,6 +50,18 @@ class Plan:
     def train_mode(self, model: nn.Module) -> None:
         model.train()
         freeze_batch_norm(model, self.frozen_norms)
+
+    def before_update(self, model: nn.Module, step: int) -> None:
+        """During the first ``warmup_steps``, only the parameters of ``warmup_tasks`` (their
+        stems, batch norms and heads) are updated: the others' gradients are dropped, so SGD
+        leaves them, their momentum and their weight decay alone."""
+        if step >= self.warmup_steps:
+            return
+        own = re.compile(r"(^|\.)t(" + "|".join(map(str, self.warmup_tasks))
+                         + r")(_l\d+)?(\.|$)")
+        for name, p in model.named_parameters():
+            if not own.search(name):
+                p.grad = None
 
 
 class _Source:
@@ -67,7 +82,7 @@ class _Source:
 
 
 def _cross_entropy(configs: list[tuple[int, int]]) -> Loss:
-    return lambda model, batches, stats: joint_loss(model, batches, configs, stats)
+    return lambda model, batches, stats, step: joint_loss(model, batches, configs, stats)
 
 
 def _joint(config: TrainConfig, world: distributed.World, device: torch.device) -> Plan:
@@ -113,20 +128,26 @@ def _independent(config: TrainConfig, world: distributed.World, device: torch.de
 def _sequential(config: TrainConfig, world: distributed.World, device: torch.device) -> Plan:
     """The new task's stage: starts from the old network (the teacher), sees the new task's
     images only, distils every level of the old tasks toward the teacher's outputs on them and
-    keeps the old tasks' batch norm statistics."""
+    keeps the old tasks' batch norm statistics. With ``lwf_warmup``, LwF's warm-up comes
+    first: cross-entropy of the new task alone, training only its own parameters."""
     s = config.scenario
     if s.finetune_lr is not None:
         s = s.replace(lr=s.finetune_lr)
     n = len(s.tasks)
     teacher = Teacher(config.teacher, device)
     src = _Source(config, world)
+    data = Batches({n: src.loader(src.splits[n], n)}, "new")
+    warmup = int(s.lwf_warmup * len(data) * s.epochs)
+    new_only = _cross_entropy([(n, l) for l in range(1, s.units + 1)])
 
-    def loss(model: nn.Module, batches: dict, stats: Stats) -> torch.Tensor:
+    def loss(model: nn.Module, batches: dict, stats: Stats, step: int) -> torch.Tensor:
+        if step < warmup:
+            return new_only(model, batches, stats, step)
         return sequential_loss(model, teacher, batches[n], range(1, n), n, s.units,
                                temperature=s.temperature, weight=s.distill_weight, stats=stats)
 
-    return Plan(s, Batches({n: src.loader(src.splits[n], n)}, "new"), src.num_classes, loss,
-                teacher=teacher, frozen_norms=tuple(range(1, n)))
+    return Plan(s, data, src.num_classes, loss, teacher=teacher,
+                frozen_norms=tuple(range(1, n)), warmup_steps=warmup, warmup_tasks=(n,))
 
 
 PLANS = {"joint": _joint, "hierarchical": _hierarchical, "independent": _independent,

@@ -56,6 +56,9 @@ class Scenario:
     # Learning rate of the new-task stage of a sequential scenario (None: ``lr``). LwF fine-tunes
     # below the original rate; with the old tasks' batch norms frozen, lr 0.1 diverges there.
     finetune_lr: Optional[float] = None
+    # LwF's warm-up: the first fraction of the new-task stage trains only the new task's own
+    # parameters (its stem, batch norms and heads), the shared ones frozen; then everything.
+    lwf_warmup: float = 0.0
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
     description: str = ""  # the tasks and data; ``title`` adds the backbone and k
@@ -67,6 +70,9 @@ class Scenario:
             raise ValueError(f"arch: unknown backbone {self.arch!r} ({', '.join(BUILDERS)})")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 <= self.lwf_warmup < 1:
+            raise ValueError(f"lwf_warmup: expected a fraction of the steps in [0, 1), got "
+                             f"{self.lwf_warmup!r}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup: expected a fraction of the steps in [0, 1), got "
                              f"{self.warmup!r}")

@@ -40,9 +40,9 @@ class Objective(nn.Module):
         super().__init__()
         self.model, self.plan = model, plan
 
-    def forward(self, batches: dict) -> tuple[torch.Tensor, dict]:
+    def forward(self, batches: dict, step: int) -> tuple[torch.Tensor, dict]:
         stats: dict = {}
-        return self.plan.loss(self.model, batches, stats), stats
+        return self.plan.loss(self.model, batches, stats, step), stats
 
 
 def resume_point(config: TrainConfig, resume: bool, world: distributed.World) -> Optional[dict]:
@@ -163,7 +163,7 @@ class _Run:
                 lr = lr_at(s, self.step, self.total)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss, stats = self.step_fn(batches)
+                loss, stats = self.step_fn(batches, self.step)
                 if not torch.isfinite(loss.detach()):
                     raise FloatingPointError(
                         f"loss: {float(loss.detach())} at epoch {epoch + 1}, step "
@@ -171,6 +171,7 @@ class _Run:
                         f"holds epoch {epoch}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                self.plan.before_update(model, self.step)
                 optimizer.step()
                 self.step += 1
                 for key, (l, c, m) in stats.items():
