@@ -29,6 +29,10 @@ def test_resumed_run_equals_uninterrupted_then_eval_and_export(tmp_path, capsys)
     assert set(half) >= {"optimizer", "rng", "step", "history", "config"}
     with pytest.raises(SystemExit):  # an existing run is never overwritten silently
         main(["train", "fmnist-joint", *TINY, "--out", b])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # nor continued as another run
+        main(["train", "fmnist-joint", *TINY, "--out", b, "--resume", "--lr", "0.5"])
+    assert "scenario.lr 0.1 there, 0.5 here" in capsys.readouterr().err
     assert main(["train", "fmnist-joint", *TINY, "--out", b, "--resume"]) == 0
     pa, pb = state(f"{a}/checkpoint.pt"), state(f"{b}/checkpoint.pt")
     assert pb["extra"]["train"]["complete"]

@@ -62,11 +62,10 @@ def resume_point(config: TrainConfig, resume: bool, world: distributed.World) ->
         except CheckpointError as e:
             errors.append(str(e))
             continue
-        stored = run_config(payload, p)
-        if stored.scenario != config.scenario or stored.only != config.only \
-                or stored.seed != config.seed:
-            raise ValueError(f"resume: {p} holds a different run ({stored.scenario.name}, "
-                             f"seed {stored.seed}, only {list(stored.only)}); use another --out")
+        differs = _differences(run_config(payload, p), config)
+        if differs:
+            raise ValueError(f"resume: {p} holds a different run ({differs}); resume it with "
+                             "the same arguments or use another --out")
         if p != path and world.main:
             if errors:
                 os.replace(path, path + ".damaged")
@@ -78,6 +77,16 @@ def resume_point(config: TrainConfig, resume: bool, world: distributed.World) ->
         raise CheckpointError(f"resume: no usable checkpoint in {config.out}: "
                               + "; ".join(errors))
     return None
+
+
+def _differences(stored: TrainConfig, config: TrainConfig) -> str:
+    """What makes ``config`` another run than ``stored`` (empty when it is the same run)."""
+    pairs = [(f"scenario.{k}", v, getattr(config.scenario, k))
+             for k, v in stored.scenario.to_dict().items()]
+    pairs += [("only", stored.only, config.only), ("seed", stored.seed, config.seed)]
+    return ", ".join(f"{name} {a!r} there, {b!r} here" for name, a, b in pairs
+                     if (list(a) if isinstance(a, tuple) else a) !=
+                     (list(b) if isinstance(b, tuple) else b))
 
 
 def train(config: TrainConfig, *, resume: bool = False, stop_after: Optional[int] = None,
