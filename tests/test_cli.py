@@ -73,6 +73,9 @@ def test_resumed_run_equals_uninterrupted_then_eval_and_export(tmp_path, capsys)
     (["train", "fmnist-joint", *TINY, "--only", "3:1", "--out", "{tmp}/x"], "only: (3, 1)"),
     (["train", "fmnist-joint", *TINY, "--only", "1-2"], "expected TASK:LEVEL"),
     (["train", "fmnist-seq", *TINY, "--out", "{tmp}/y"], "teacher"),
+    (["train", "fmnist-joint", *TINY, "--set", "nope=1"], "set: expected FIELD=VALUE"),
+    (["train", "fmnist-joint", *TINY, "--set", "augment=maybe"], "set: augment expects bool"),
+    (["train", "fmnist-joint", *TINY, "--set", "schedule=cosine"], "schedule: expected one of"),
     (["eval", "{tmp}/missing"], "no checkpoint at"),
     (["export", "{tmp}/missing", "--task", "1", "--level", "1", "--out", "{tmp}/m.pt2"],
      "no checkpoint at"),
@@ -82,6 +85,18 @@ def test_errors_name_the_argument(tmp_path, capsys, argv, message):
         main([a.format(tmp=tmp_path) for a in argv])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_set_changes_scenario_fields_and_resume_keeps_them(tmp_path):
+    run = str(tmp_path / "r")
+    sets = ["--set", "input_sizes=20,12", "--set", "augment=true", "--set", "finetune_lr=none"]
+    assert main(["train", "fmnist-joint", *TINY, "--epochs", "1", "--out", run, *sets]) == 0
+    s = state(f"{run}/checkpoint.pt")["extra"]["train"]["config"]["scenario"]
+    assert (s["input_sizes"], s["augment"], s["finetune_lr"]) == ([20, 12], True, None)
+    with pytest.raises(SystemExit):  # without the same settings it is another run
+        main(["train", "fmnist-joint", *TINY, "--epochs", "1", "--out", run, "--resume"])
+    assert main(["train", "fmnist-joint", *TINY, "--epochs", "1", "--out", run, "--resume",
+                 *sets]) == 0
 
 
 def test_export_rejects_a_level_out_of_range(tmp_path, capsys):

@@ -72,3 +72,6 @@ def test_descriptions_name_the_backbone_each_preset_builds(preset):
                  else f"ResNet-{spec['depth']}")
         assert re.findall(r"WRN-\d+-\d+|ResNet-\d+", s.title) == [built], (name, s.title)
         assert re.findall(r"k=(\d+)", s.title) == [str(spec["units"])], (name, s.title)
+        sizes = spec["input_sizes"]
+        sizes = [sizes] * len(s.tasks) if isinstance(sizes, int) else sizes
+        assert s.title.endswith(f"{'/'.join(map(str, sizes))} px"), (name, s.title)

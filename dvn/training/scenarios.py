@@ -95,8 +95,10 @@ class Scenario:
 
     @property
     def title(self) -> str:
-        """The description with what is built from the fields (so it always matches)."""
-        return f"{self.description}; {self.backbone}, k={self.units}"
+        """The description with what is built from the fields (so it always matches): the
+        backbone, k and the input sizes per task."""
+        sizes = "/".join(map(str, self.input_sizes))
+        return f"{self.description}; {self.backbone}, k={self.units}, {sizes} px"
 
     def backbone_spec(self, num_classes: list[int], backend: str) -> dict:
         """The ``dvn.backbones.build`` spec of this scenario's model."""
@@ -141,7 +143,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              description=f"{_PAPER}: CIFAR-10 (old) -> CIFAR-100 (new)"),
     Scenario("fmnist-joint", "joint", ("fmnist", "digits"), "wrn", 14, 4, 2, (28, 16), (1,),
              epochs=30, description="analogue of J1: Fashion-MNIST + scikit-learn digits "
-             "(8x8, upscaled to 16x16)"),
+             "(8x8, upscaled)"),
     Scenario("fmnist-hier", "hierarchical", ("fmnist-coarse", "fmnist-fine"), "wrn", 14, 4, 2,
              (28,), (1,), epochs=30, description="analogue of H1: Fashion-MNIST coarse / fine "
              "labels of the same images"),
@@ -178,3 +180,32 @@ def get_scenario(name: str, preset: str = "full", **overrides) -> Scenario:
     if overrides.get("lr") is not None:  # an explicit lr is the lr of whichever stage runs
         changes["finetune_lr"] = None
     return base.replace(**changes)
+
+
+_PARSERS = {"int": int, "float": float, "str": str}
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """``FIELD=VALUE`` (``dvn train --set``) -> (field, value typed as the field is): numbers,
+    ``true``/``false``, ``none`` for optional fields, comma-separated tuples."""
+    fields = {f.name: f.type for f in dataclasses.fields(Scenario) if f.name != "name"}
+    name, sep, raw = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or name not in fields:
+        raise ValueError(f"set: expected FIELD=VALUE with a scenario field ({', '.join(fields)}),"
+                         f" got {text!r}")
+    kind = fields[name]
+    try:
+        if kind.startswith("Optional[") and raw.lower() == "none":
+            return name, None
+        kind = kind.removeprefix("Optional[").removesuffix("]")
+        if kind == "bool":
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(raw)
+            return name, raw.lower() in ("true", "1")
+        if kind.startswith("tuple["):
+            item = _PARSERS[kind[len("tuple["):].split(",")[0]]
+            return name, tuple(item(v) for v in raw.split(","))
+        return name, _PARSERS[kind](raw)
+    except ValueError:
+        raise ValueError(f"set: {name} expects {fields[name]}, got {raw!r}") from None

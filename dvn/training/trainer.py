@@ -80,9 +80,10 @@ def resume_point(config: TrainConfig, resume: bool, world: distributed.World) ->
 
 
 def _differences(stored: TrainConfig, config: TrainConfig) -> str:
-    """What makes ``config`` another run than ``stored`` (empty when it is the same run)."""
+    """What makes ``config`` another run than ``stored`` (empty when it is the same run; the
+    description is words about the run, not part of it)."""
     pairs = [(f"scenario.{k}", v, getattr(config.scenario, k))
-             for k, v in stored.scenario.to_dict().items()]
+             for k, v in stored.scenario.to_dict().items() if k != "description"]
     pairs += [("only", stored.only, config.only), ("seed", stored.seed, config.seed)]
     return ", ".join(f"{name} {a!r} there, {b!r} here" for name, a, b in pairs
                      if (list(a) if isinstance(a, tuple) else a) !=
