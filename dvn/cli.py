@@ -75,6 +75,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--train-subset", type=_positive, help="images per task")
     p.add_argument("--test-subset", type=_positive, help="test images per task for eval")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set any scenario field after the preset (repeatable), e.g. "
+                   "lwf_warmup=0.5, augment=true, input_sizes=28,28")
     p.add_argument("--data-root", help="folder of the datasets (see dvn.data)")
     p.add_argument("--stop-after", type=_positive, metavar="N",
                    help="stop after N epochs of this invocation (resume later)")
@@ -123,10 +126,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _train(a) -> int:
-    from .training.scenarios import get_scenario
-    from .training.trainer import TrainConfig, train
+    from .training.config import TrainConfig
+    from .training.scenarios import get_scenario, parse_setting
+    from .training.trainer import train
     scenario = get_scenario(a.scenario, a.preset, epochs=a.epochs, batch_size=a.batch_size,
                             lr=a.lr, train_subset=a.train_subset, test_subset=a.test_subset)
+    scenario = scenario.replace(**dict(parse_setting(t) for t in a.set))
     only = tuple(a.only or ())
     out = a.out or os.path.join("runs", f"{a.scenario}-{a.preset}" + "".join(
         f"-t{j}l{l}" for j, l in only))
@@ -170,7 +175,7 @@ def _export(a) -> int:
     import torch
     from .export import count_parameters, to_static
     from .results.evaluate import load_run
-    from .training.trainer import resolve_device
+    from .training.config import resolve_device
     device = resolve_device(a.device)
     model, config, _ = load_run(a.run, device)
     model.networks.check(a.task, a.level)
@@ -225,9 +230,12 @@ def _bench(a) -> int:
 
 
 def _list(a) -> int:
-    from .training.scenarios import PRESETS, SCENARIOS
+    from .training.scenarios import PRESETS, SCENARIOS, get_scenario
     for s in SCENARIOS.values():
-        print(f"{s.name:14s} {s.kind:13s} {', '.join(s.tasks)}\n{'':14s} {s.description}")
+        scaled = ", ".join(f"{p}: {get_scenario(s.name, p).backbone}" for p in PRESETS
+                           if p != "full")
+        print(f"{s.name:14s} {s.kind:13s} {', '.join(s.tasks)}\n{'':14s} {s.title} "
+              f"({scaled})")
     print("\npresets: " + "; ".join(f"{k}: {v or 'the scenario as defined'}"
                                     for k, v in PRESETS.items()))
     return 0

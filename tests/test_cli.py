@@ -29,6 +29,10 @@ def test_resumed_run_equals_uninterrupted_then_eval_and_export(tmp_path, capsys)
     assert set(half) >= {"optimizer", "rng", "step", "history", "config"}
     with pytest.raises(SystemExit):  # an existing run is never overwritten silently
         main(["train", "fmnist-joint", *TINY, "--out", b])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # nor continued as another run
+        main(["train", "fmnist-joint", *TINY, "--out", b, "--resume", "--lr", "0.5"])
+    assert "scenario.lr 0.1 there, 0.5 here" in capsys.readouterr().err
     assert main(["train", "fmnist-joint", *TINY, "--out", b, "--resume"]) == 0
     pa, pb = state(f"{a}/checkpoint.pt"), state(f"{b}/checkpoint.pt")
     assert pb["extra"]["train"]["complete"]
@@ -42,7 +46,8 @@ def test_resumed_run_equals_uninterrupted_then_eval_and_export(tmp_path, capsys)
     capsys.readouterr()
     assert main(["eval", a, "--baseline", base, "--repeats", "2", "--latency-batch", "8",
                  "--quiet"]) == 0
-    assert "| 1 (fmnist) | 2 |" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "| 1 (fmnist) | 2 |" in table and "WRN-8-1, k=2" in table  # what the preset built
     result = json.load(open(f"{a}/results.json"))
     assert [(r["task"], r["level"]) for r in result["rows"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     row = result["rows"][1]
@@ -54,7 +59,7 @@ def test_resumed_run_equals_uninterrupted_then_eval_and_export(tmp_path, capsys)
     out = str(tmp_path / "t2l1.pt2")
     assert main(["export", a, "--task", "2", "--level", "1", "--out", out]) == 0
     program = torch.export.load(out)
-    x = torch.randn(3, 1, 28, 28)
+    x = torch.randn(3, 1, 16, 16)  # the digits task runs at 16x16
     import dvn
     model = dvn.load(f"{a}/checkpoint.pt").eval()
     with torch.no_grad():
@@ -68,6 +73,9 @@ def test_resumed_run_equals_uninterrupted_then_eval_and_export(tmp_path, capsys)
     (["train", "fmnist-joint", *TINY, "--only", "3:1", "--out", "{tmp}/x"], "only: (3, 1)"),
     (["train", "fmnist-joint", *TINY, "--only", "1-2"], "expected TASK:LEVEL"),
     (["train", "fmnist-seq", *TINY, "--out", "{tmp}/y"], "teacher"),
+    (["train", "fmnist-joint", *TINY, "--set", "nope=1"], "set: expected FIELD=VALUE"),
+    (["train", "fmnist-joint", *TINY, "--set", "augment=maybe"], "set: augment expects bool"),
+    (["train", "fmnist-joint", *TINY, "--set", "schedule=cosine"], "schedule: expected one of"),
     (["eval", "{tmp}/missing"], "no checkpoint at"),
     (["export", "{tmp}/missing", "--task", "1", "--level", "1", "--out", "{tmp}/m.pt2"],
      "no checkpoint at"),
@@ -79,12 +87,32 @@ def test_errors_name_the_argument(tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_set_changes_scenario_fields_and_resume_keeps_them(tmp_path):
+    run = str(tmp_path / "r")
+    sets = ["--set", "input_sizes=20,12", "--set", "augment=true", "--set", "finetune_lr=none"]
+    assert main(["train", "fmnist-joint", *TINY, "--epochs", "1", "--out", run, *sets]) == 0
+    s = state(f"{run}/checkpoint.pt")["extra"]["train"]["config"]["scenario"]
+    assert (s["input_sizes"], s["augment"], s["finetune_lr"]) == ([20, 12], True, None)
+    with pytest.raises(SystemExit):  # without the same settings it is another run
+        main(["train", "fmnist-joint", *TINY, "--epochs", "1", "--out", run, "--resume"])
+    assert main(["train", "fmnist-joint", *TINY, "--epochs", "1", "--out", run, "--resume",
+                 *sets]) == 0
+
+
 def test_export_rejects_a_level_out_of_range(tmp_path, capsys):
     run = str(tmp_path / "r")
     assert main(["train", "fmnist-hier", *TINY, "--epochs", "1", "--out", run]) == 0
     with pytest.raises(SystemExit):
         main(["export", run, "--task", "1", "--level", "3", "--out", str(tmp_path / "e.pt2")])
     assert "level: 3 does not exist" in capsys.readouterr().err
+
+
+def test_eval_and_export_do_not_import_the_training_loop():
+    code = ("import sys, dvn.cli, dvn.results; from dvn.results.evaluate import load_run; "
+            "dvn.cli.parser(); print('dvn.training.trainer' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_bench_and_module_entry_point(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""The paper's scenarios run from the CLI on files in the datasets' real formats.
+"""The paper's scenarios run from the CLI on files in the datasets' real formats, and say what
+they build.
 
 CIFAR-10/100, STL-10 and Tiny-ImageNet cannot be installed here, so tiny archives in their
 official layouts (tests/data_files.py) stand in; every scenario trains one short epoch through
@@ -6,12 +7,15 @@ official layouts (tests/data_files.py) stand in; every scenario trains one short
 """
 
 import json
+import re
 
 import pytest
+import torch
 
 from data_files import write_cifar10, write_cifar100, write_stl10, write_tiny_imagenet
+from dvn import backbones
 from dvn.cli import main
-from dvn.training import get_scenario
+from dvn.training import PRESETS, SCENARIOS, get_scenario
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,3 +58,20 @@ def test_sequential_scenarios_run(name, data_root, tmp_path):
     assert main(["train", name, *args, "--teacher", old, "--out", new]) == 0
     rows = evaluated_rows(new)
     assert len(rows) == 4
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_descriptions_name_the_backbone_each_preset_builds(preset):
+    """Every scenario's title names the backbone and k of the model its preset builds (the
+    small preset used to build WRN-14-2 while saying WRN-14-4)."""
+    for name in SCENARIOS:
+        s = get_scenario(name, preset)
+        with torch.device("meta"):  # the spec is what matters, not the weights
+            spec = backbones.build(s.backbone_spec([10] * len(s.tasks), "reference")).spec
+        built = (f"WRN-{spec['depth']}-{spec['width']}" if spec["arch"] == "wrn"
+                 else f"ResNet-{spec['depth']}")
+        assert re.findall(r"WRN-\d+-\d+|ResNet-\d+", s.title) == [built], (name, s.title)
+        assert re.findall(r"k=(\d+)", s.title) == [str(spec["units"])], (name, s.title)
+        sizes = spec["input_sizes"]
+        sizes = [sizes] * len(s.tasks) if isinstance(sizes, int) else sizes
+        assert s.title.endswith(f"{'/'.join(map(str, sizes))} px"), (name, s.title)

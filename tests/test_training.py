@@ -83,6 +83,16 @@ def test_schedule_decays_at_half_and_three_quarters():
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
 
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    s = get_scenario("J1").replace(schedule="linear", warmup=0.1)
+    assert [lr_at(s, i, 100) for i in (0, 9, 10, 55, 99)] == pytest.approx(
+        [0.01, 0.1, 0.1, 0.05, 0.1 / 90])
+    for bad, match in [(dict(schedule="cosine"), "schedule"), (dict(warmup=1.0), "warmup"),
+                       (dict(lwf_warmup=-0.1), "lwf_warmup"), (dict(arch="vgg"), "arch")]:
+        with pytest.raises(ValueError, match=match):
+            s.replace(**bad)
+
+
 @pytest.mark.parametrize("name", ["fmnist-joint", "fmnist-hier"])
 def test_training_lowers_the_loss(synthetic, tmp_path, name):
     s = get_scenario(name, "tiny", epochs=3)
@@ -133,3 +143,26 @@ def test_sequential_keeps_the_old_tasks_batch_norm_statistics(synthetic, tmp_pat
         if ".t1_" in k:
             torch.testing.assert_close(after[k], before[k], rtol=0, atol=0)
     assert any(not torch.equal(after[k], before[k]) for k in stats if ".t2_" in k)
+
+
+def test_lwf_warmup_trains_only_the_new_tasks_own_parameters(synthetic, tmp_path):
+    """During the warm-up (here the first of two epochs) the shared convolutions and the old
+    task's parameters stay the old network's; the new task's stem, norms and heads move."""
+    s = get_scenario("fmnist-seq", "tiny", epochs=2).replace(lwf_warmup=0.5)
+    old = train(TrainConfig(s, "tiny", str(tmp_path / "old"), only=((1, 1), (1, 2)),
+                            backend="cpu"), quiet=True)
+    new = train(TrainConfig(s, "tiny", str(tmp_path / "new"), teacher=str(tmp_path / "old"),
+                            backend="cpu"), quiet=True, stop_after=1)
+    before, after = old["model"].state_dict(), new["model"].state_dict()
+    params = dict(new["model"].named_parameters())
+    own = [k for k in params if k.startswith("stems.t2") or ".t2_" in k]
+    assert own and all(not torch.equal(after[k], before[k]) for k in own if "stems" not in k)
+    for k in params:
+        if k not in own:
+            torch.testing.assert_close(after[k], before[k], rtol=0, atol=0)
+    assert sorted(k for k in new["history"][0] if k.startswith("t")) == ["t2_l1", "t2_l2"]
+    resumed = train(TrainConfig(s, "tiny", str(tmp_path / "new"), teacher=str(tmp_path / "old"),
+                                backend="cpu"), quiet=True, resume=True)
+    conv = "blocks.0.conv1.weight"  # then everything trains, with the distillation
+    assert not torch.equal(resumed["model"].state_dict()[conv], before[conv])
+    assert "t1_l2" in resumed["history"][1]

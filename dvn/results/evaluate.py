@@ -3,6 +3,7 @@ latency (batch 1 and a batch) of the sliced model, its full level and its masked
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -12,11 +13,10 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .. import backbones
+from ..checkpoint import CheckpointError, checkpoint_path, model_from, previous_path, read
 from ..export import count_parameters
+from ..training.config import TrainConfig, resolve_device, run_config
 from ..training.data import make_loader, task_splits
-from ..training.trainer import (TrainConfig, checkpoint_path, load_payload, resolve_device,
-                                trained_configs)
 
 
 def accuracy(model: nn.Module, loader: Iterable, task: int, level: int,
@@ -66,11 +66,18 @@ def machine(device: torch.device) -> str:
 
 
 def load_run(run: str, device: torch.device) -> tuple[nn.Module, TrainConfig, dict]:
-    payload = load_payload(checkpoint_path(run))
-    model = backbones.build(payload["spec"])
-    model.load_state_dict(payload["state_dict"])
-    config = TrainConfig.from_dict(payload["extra"]["train"]["config"])
-    return model.to(device).eval(), config, payload
+    """The model, configuration and checkpoint payload of a run folder or checkpoint file.
+    A missing or damaged checkpoint raises CheckpointError, which points to the previous
+    epoch's checkpoint where one is kept."""
+    path = checkpoint_path(run)
+    try:
+        payload = read(path, training=True)
+    except CheckpointError as e:
+        prev = previous_path(path)
+        if os.path.isfile(prev):
+            raise CheckpointError(f"{e}; the previous epoch's checkpoint is {prev}") from None
+        raise
+    return model_from(payload, path).to(device).eval(), run_config(payload, path), payload
 
 
 def evaluate(run: str, *, device: str = "auto", backend: Optional[str] = None,
@@ -83,7 +90,7 @@ def evaluate(run: str, *, device: str = "auto", backend: Optional[str] = None,
     model, config, payload = load_run(run, dev)
     s = config.scenario
     train_state = payload["extra"]["train"]
-    configs = trained_configs(payload)
+    configs = config.configs()
     subset = test_subset if test_subset is not None else s.test_subset
     splits = task_splits(s, "test", root=data_root or config.data_root, subset=subset,
                          seed=config.seed, tasks=sorted({j for j, _ in configs}))
@@ -122,8 +129,8 @@ def evaluate(run: str, *, device: str = "auto", backend: Optional[str] = None,
                 row[f"speedup_vs_full_b{b}"] = full[f"latency_ms_b{b}"] / lat if full else None
                 row[f"speedup_vs_masked_b{b}"] = row[f"masked_ms_b{b}"] / lat
     return {"run": run, "scenario": s.name, "kind": s.kind, "preset": config.preset,
-            "description": s.description, "tasks": list(s.tasks), "units": s.units,
-            "backbone": f"{s.arch}-{s.depth}" + (f"-{s.width}" if s.arch == "wrn" else ""),
+            "description": s.title, "tasks": list(s.tasks), "units": s.units,
+            "backbone": s.backbone,
             "independent": bool(config.only), "configs": [list(c) for c in configs],
             "epochs": train_state["epoch"], "complete": train_state.get("complete", False),
             "train_seconds": sum(h["seconds"] for h in train_state["history"]),

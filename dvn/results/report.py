@@ -81,7 +81,7 @@ def markdown(result: dict) -> str:
     b = result.get("latency_batch")
     lines = [f"### {result['scenario']} ({result['preset']} preset): {result['description']}",
              "",
-             f"{result['backbone']}, k = {result['units']}, {result['epochs']} epochs, seed "
+             f"{result['epochs']} epochs in {result['train_seconds']:.0f} s of training, seed "
              f"{result['seed']}, backend `{result['backend']}`, {result['machine']}, "
              f"torch {result['torch']}. Run: `{result['run']}`.",
              ""]

@@ -1,12 +1,26 @@
-"""Training of DVNs: the paper's objectives, scenarios and presets, the loop with exact resume,
-DistributedDataParallel under torchrun, and the joint-objective throughput benchmark."""
+"""Training of DVNs: the paper's objectives, scenarios and presets, each scenario kind's plan,
+the loop with exact resume, DistributedDataParallel under torchrun, and the joint-objective
+throughput benchmark.
 
+The loop (``train``) is imported on first use, so the run descriptions (scenarios,
+``TrainConfig``) and data plans load without it: ``dvn.results`` and ``dvn eval`` never
+import the trainer.
+"""
+
+from .config import TrainConfig, resolve_device
 from .losses import distillation_loss, joint_loss, label_map, sequential_loss
 from .scenarios import PRESETS, SCENARIOS, Scenario, get_scenario
-from .trainer import TrainConfig, build_model, load_payload, lr_at, train
+from .schedule import lr_at
 
 __all__ = [
     "PRESETS", "SCENARIOS", "Scenario", "TrainConfig", "build_model", "distillation_loss",
-    "get_scenario", "joint_loss", "label_map", "load_payload", "lr_at", "sequential_loss",
+    "get_scenario", "joint_loss", "label_map", "lr_at", "resolve_device", "sequential_loss",
     "train",
 ]
+
+
+def __getattr__(name: str):
+    if name in ("train", "build_model"):
+        from . import trainer
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

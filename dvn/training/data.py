@@ -90,7 +90,10 @@ class Batches:
 
 def make_loader(split, scenario: Scenario, task: int, *, train: bool, batch_size: int, seed: int,
                 rank: int = 0, world_size: int = 1):
+    """A loader of ``split`` at the task's input size and channels; training loaders augment
+    unless the scenario turns augmentation off."""
     from dvn.data import loader
     return loader(split, batch_size=batch_size, train=train,
                   size=scenario.input_sizes[task - 1], channels=scenario.channels[task - 1],
-                  seed=seed, rank=rank, world_size=world_size)
+                  augment=None if scenario.augment else False, seed=seed, rank=rank,
+                  world_size=world_size)
