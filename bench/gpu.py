@@ -5,8 +5,10 @@
     python -m bench.gpu --dry-run                                  # CPU: the same code, tiny cases
 
 Shapes: the 3x3 stride-1 convs of WRN-32-4's stages (batch 128, 32x32 input) and of ResNet-42's
-(batch 64, 64x64 input: 32x32 after the stem), k = 4 equal units, levels 1..4 (the first l
-units on both sides). Two settings: ``bf16-cl`` (bfloat16, channels_last) and ``tf32-nchw``
+(batch 64, 64x64 input: 32x32 after the stem); with ``--nets mobilenet-v2 resnext-50``,
+MobileNetV2's depthwise 3x3 convs (stride 1 and 2) and ResNeXt-50's grouped 3x3 convs (32
+groups; the compact baseline is a grouped conv of the active groups); k = 4 equal units,
+levels 1..4 (the first l units on both sides). Two settings: ``bf16-cl`` (bfloat16, channels_last) and ``tf32-nchw``
 (float32 with TF32, NCHW: how ``dvn`` trains). Rows come most important first: forward+backward
 at levels 1..3 (the training targets), then each pass at every level, then level 4.
 
@@ -69,23 +71,34 @@ class Case(ConvCase):
         """Multiply-adds x 2 of one pass over the active channels (fwd+bwd: three)."""
         ins, outs = self.segments()
         out = (self.size + 2 * self.padding - self.kernel) // self.stride + 1
-        one = 2.0 * self.batch * out * out * ins.total * outs.total * self.kernel ** 2
+        per_output = ins.total if self.groups == 1 else self.c_in // self.groups
+        one = 2.0 * self.batch * out * out * per_output * outs.total * self.kernel ** 2
         return one * (3 if mode == "fwd+bwd" else 1)
 
 
-# (net, stage name, channels, feature-map size, batch): the repeated 3x3 stride-1 conv of each
-# stage. ResNet-42's stem has stride 2 on 64x64 inputs.
+# (net, stage name, channels, feature-map size, batch[, groups, stride]): the repeated 3x3 conv
+# of each stage (stride 1 unless given). ResNet-42's stem has stride 2 on 64x64 inputs.
 STAGES = [("wrn-32-4", "s1", 64, 32, 128), ("wrn-32-4", "s2", 128, 16, 128),
           ("wrn-32-4", "s3", 256, 8, 128),
           ("resnet-42", "s1", 64, 32, 64), ("resnet-42", "s2", 128, 16, 64),
-          ("resnet-42", "s3", 256, 8, 64), ("resnet-42", "s4", 512, 4, 64)]
-TINY = [("tiny", "t1", 16, 6, 2)]  # --dry-run: the same code on a CPU in seconds
+          ("resnet-42", "s3", 256, 8, 64), ("resnet-42", "s4", 512, 4, 64),
+          ("mobilenet-v2", "dw1", 144, 56, 64, 144, 1),
+          ("mobilenet-v2", "dw2", 144, 56, 64, 144, 2),
+          ("mobilenet-v2", "dw3", 384, 14, 64, 384, 1),
+          ("resnext-50", "g1", 128, 56, 64, 32, 1), ("resnext-50", "g2", 256, 28, 64, 32, 1)]
+# --dry-run: the same code on a CPU in seconds (dense, depthwise stride 2, grouped)
+TINY = [("tiny", "t1", 16, 6, 2), ("tiny", "dw", 16, 6, 2, 16, 2),
+        ("tiny", "g", 16, 6, 2, 4, 1)]
 
 
 def all_cases(units: int = 4, levels: Sequence[int] = (1, 2, 3, 4),
               stages: Sequence[tuple] = tuple(STAGES)) -> list[Case]:
-    return [Case(name, c, c, size, 3, 1, 1, lv, units, batch, net=net)
-            for net, name, c, size, batch in stages for lv in levels]
+    cases = []
+    for net, name, c, size, batch, *rest in stages:
+        groups, stride = (*rest, 1, 1)[:2]
+        cases += [Case(name, c, c, size, 3, stride, 1, lv, units, batch, groups=groups, net=net)
+                  for lv in levels]
+    return cases
 
 
 def ordered_rows(cases: Sequence[Case], settings: Sequence[str], modes: Sequence[str]
@@ -112,6 +125,8 @@ class Operands:
     gy: torch.Tensor          # upstream gradient of the compact output
     plan: dvn_kernels.ConvPlan
     conv: dict
+    groups: int = 1           # the full weight's; compact convs run the active groups
+    compact_groups: int = 1
 
     @property
     def ins(self):
@@ -127,26 +142,30 @@ def operands(case: Case, setting: str, device: torch.device) -> Operands:
     gen = torch.Generator().manual_seed(0)
     ins, outs = case.segments()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    weight = torch.randn(case.c_out, case.c_in, case.kernel, case.kernel, generator=gen)
+    c_in_w = case.c_in // case.groups
+    weight = torch.randn(case.c_out, c_in_w, case.kernel, case.kernel, generator=gen)
     # Weights in the activations' layout, as model.to(memory_format=...) leaves them.
-    weight = (weight / (case.c_in * case.kernel ** 2) ** 0.5).to(device, dtype).contiguous(
+    weight = (weight / (c_in_w * case.kernel ** 2) ** 0.5).to(device, dtype).contiguous(
         memory_format=fmt)
     x = torch.randn(case.batch, ins.total, case.size, case.size, generator=gen)
     x = x.to(device, dtype).contiguous(memory_format=fmt)
     conv = dict(stride=case.stride, padding=case.padding)
-    plan = dvn_kernels.conv_plan(weight.shape, ins, outs, **conv)
-    w_compact = take_channels(take_channels(weight, 0, outs.flat()), 1, ins.flat()).contiguous(
-        memory_format=fmt)
+    plan = dvn_kernels.conv_plan(weight.shape, ins, outs, groups=case.groups, **conv)
+    w_compact = take_channels(weight, 0, outs.flat())
+    if case.groups == 1:
+        w_compact = take_channels(w_compact, 1, ins.flat())
+    w_compact = w_compact.contiguous(memory_format=fmt)
+    compact_groups = 1 if case.groups == 1 else outs.total // (case.c_out // case.groups)
     out_size = (case.size + 2 * case.padding - case.kernel) // case.stride + 1
     gy = torch.randn(case.batch, outs.total, out_size, out_size, generator=gen)
     gy = gy.to(device, dtype).contiguous(memory_format=fmt)
-    return Operands(x, weight, w_compact, gy, plan, conv)
+    return Operands(x, weight, w_compact, gy, plan, conv, case.groups, compact_groups)
 
 
-def _conv_backward(gy, x, w, o: Operands, mask: list[bool]):
+def _conv_backward(gy, x, w, o: Operands, mask: list[bool], groups: int):
     s, p = o.conv["stride"], o.conv["padding"]
     return torch.ops.aten.convolution_backward(gy, x, w, None, [s, s], [p, p], [1, 1], False,
-                                               [0, 0], 1, mask)
+                                               [0, 0], groups, mask)
 
 
 def _kernel_ops(name: str):
@@ -177,68 +196,70 @@ def kernel_pass(name: str, mode: str, o: Operands) -> Callable[[], Result]:
 
 
 def compact_pass(mode: str, o: Operands) -> Callable[[], Result]:
-    x, w, gy = o.x, o.w_compact, o.gy
+    x, w, gy, g = o.x, o.w_compact, o.gy, o.compact_groups
     if mode == "fwd":
-        return lambda: F.conv2d(x, w, None, **o.conv)
+        return lambda: F.conv2d(x, w, None, groups=g, **o.conv)
     if mode == "dgrad":
-        return lambda: _conv_backward(gy, x, w, o, [True, False, False])[0]
+        return lambda: _conv_backward(gy, x, w, o, [True, False, False], g)[0]
     if mode == "wgrad":
-        return lambda: _conv_backward(gy, x, w, o, [False, True, False])[1]
+        return lambda: _conv_backward(gy, x, w, o, [False, True, False], g)[1]
 
     def both():
-        y = F.conv2d(x, w, None, **o.conv)
-        gx, gw, _ = _conv_backward(gy, x, w, o, [True, True, False])
+        y = F.conv2d(x, w, None, groups=g, **o.conv)
+        gx, gw, _ = _conv_backward(gy, x, w, o, [True, True, False], g)
         return y, gx, gw
     return both
 
 
 def _scatter_block(block: torch.Tensor, o: Operands) -> torch.Tensor:
     """The full-size weight gradient slicing's autograd makes: zeros with the block."""
-    rows = scatter_channels(block, 1, o.ins, o.weight.shape[1])
+    rows = block if o.groups > 1 else scatter_channels(block, 1, o.ins, o.weight.shape[1])
     return scatter_channels(rows, 0, o.outs, o.weight.shape[0])
 
 
 def slice_pass(mode: str, o: Operands) -> Callable[[], Result]:
-    x, gy = o.x, o.gy
+    x, gy, g = o.x, o.gy, o.compact_groups
 
     def block():
-        return take_channels(take_channels(o.weight, 0, o.outs), 1, o.ins)
+        rows = take_channels(o.weight, 0, o.outs)
+        return rows if o.groups > 1 else take_channels(rows, 1, o.ins)
     if mode == "fwd":
-        return lambda: F.conv2d(x, block(), None, **o.conv)
+        return lambda: F.conv2d(x, block(), None, groups=g, **o.conv)
     if mode == "dgrad":
-        return lambda: _conv_backward(gy, x, block(), o, [True, False, False])[0]
+        return lambda: _conv_backward(gy, x, block(), o, [True, False, False], g)[0]
     if mode == "wgrad":
         return lambda: _scatter_block(_conv_backward(gy, x, block(), o,
-                                                     [False, True, False])[1], o)
+                                                     [False, True, False], g)[1], o)
 
     def both():
         w = block()
-        y = F.conv2d(x, w, None, **o.conv)
-        gx, gw, _ = _conv_backward(gy, x, w, o, [True, True, False])
+        y = F.conv2d(x, w, None, groups=g, **o.conv)
+        gx, gw, _ = _conv_backward(gy, x, w, o, [True, True, False], g)
         return y, gx, _scatter_block(gw, o)
     return both
 
 
 def masked_pass(mode: str, o: Operands) -> Callable[[], Result]:
-    w = o.weight
+    w, g = o.weight, o.groups
+    c_in = w.shape[1] * g
 
     def x_full():
-        return scatter_channels(o.x, 1, o.ins, w.shape[1])
+        return scatter_channels(o.x, 1, o.ins, c_in)
 
     def gy_full():
         return scatter_channels(o.gy, 1, o.outs, w.shape[0])
     if mode == "fwd":
-        return lambda: take_channels(F.conv2d(x_full(), w, None, **o.conv), 1, o.outs)
+        return lambda: take_channels(F.conv2d(x_full(), w, None, groups=g, **o.conv), 1, o.outs)
     if mode == "dgrad":
         return lambda: take_channels(
-            _conv_backward(gy_full(), x_full(), w, o, [True, False, False])[0], 1, o.ins)
+            _conv_backward(gy_full(), x_full(), w, o, [True, False, False], g)[0], 1, o.ins)
     if mode == "wgrad":
-        return lambda: _conv_backward(gy_full(), x_full(), w, o, [False, True, False])[1]
+        return lambda: _conv_backward(gy_full(), x_full(), w, o, [False, True, False], g)[1]
 
     def both():
         xf = x_full()
-        y = take_channels(F.conv2d(xf, w, None, **o.conv), 1, o.outs)
-        gx, gw, _ = _conv_backward(gy_full(), xf, w, o, [True, True, False])
+        y = take_channels(F.conv2d(xf, w, None, groups=g, **o.conv), 1, o.outs)
+        gx, gw, _ = _conv_backward(gy_full(), xf, w, o, [True, True, False], g)
         return y, take_channels(gx, 1, o.ins), gw
     return both
 
@@ -254,7 +275,8 @@ def candidates(o: Operands, kernels: Sequence[str], mode: str) -> dict[str, Call
 def _as_block(t: torch.Tensor, o: Operands) -> torch.Tensor:
     """A weight gradient's active block (compact) when it is full size."""
     if t.shape == o.weight.shape and t.shape != o.w_compact.shape:
-        return take_channels(take_channels(t, 0, o.outs), 1, o.ins)
+        rows = take_channels(t, 0, o.outs)
+        return rows if o.groups > 1 else take_channels(rows, 1, o.ins)
     return t
 
 
@@ -375,6 +397,8 @@ def format_row(row: dict, kernels: Sequence[str]) -> str:
     cells += [f"{row['error'][k]:.1e}" if k in row["error"] else "-" for k in kernels]
     cells += [f"{row['host_us'][k]:.0f}" if k in row["host_us"] else "-" for k in kernels]
     shape = f"{row['name']} {row['c_in']}ch@{row['size']} b{row['batch']}"
+    shape += f" g{row['groups']}" if row.get("groups", 1) > 1 else ""
+    shape += f" s{row['stride']}" if row.get("stride", 1) > 1 else ""
     return "| " + " | ".join([row["net"], shape, f"{row['level']}/{row['units']}",
                               row["setting"], row["mode"]] + cells) + " |"
 
@@ -476,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="default: bench/results/<gpu-name>.json")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
-    p.add_argument("--nets", nargs="+", default=["wrn-32-4", "resnet-42"])
+    p.add_argument("--nets", nargs="+", default=["wrn-32-4", "resnet-42"],
+                   choices=sorted({s[0] for s in STAGES}))
     p.add_argument("--levels", type=int, nargs="+", default=[1, 2, 3, 4])
     p.add_argument("--rep-ms", type=int, default=25, help="do_bench measuring time per timing")
     p.add_argument("--budget-s", type=float, default=420.0,

@@ -167,6 +167,15 @@ def test_cuda_depthwise_many_pixels_splits_the_weight_gradient():
 
 
 TRITON_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture
+def ieee_float32():
+    """The Triton tests compare float32 with float64 closely: no TF32 on a GPU."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = old
 requires_triton = pytest.mark.skipif(
     "triton" not in dvn_kernels.available_backends(TRITON_DEVICE),
     reason="triton unavailable (CPU tests need TRITON_INTERPRET=1)")
@@ -177,6 +186,7 @@ requires_triton = pytest.mark.skipif(
 @pytest.mark.parametrize("layout", ["first", "two-ranges", "three-ranges", "all"])
 @pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[3]],
                          ids=["k3s1", "k3s2", "k3d2"])
+@pytest.mark.usefixtures("ieee_float32")
 def test_triton_grouped(shape, layout, geometry):
     """The Triton kernels' groups (grid axis 1 runs over the active groups), float32 against
     the meaning in float64."""
@@ -196,6 +206,7 @@ def test_triton_grouped(shape, layout, geometry):
 
 @requires_triton
 @pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.usefixtures("ieee_float32")
 def test_triton_depthwise_many_pixels(channels_last):
     """The direct depthwise kernels over several grad-weight chunks and tiles, two ranges."""
     gen = torch.Generator().manual_seed(3)
@@ -222,6 +233,7 @@ def test_triton_depthwise_many_pixels(channels_last):
 
 @requires_triton
 @pytest.mark.parametrize("split", [1, 3])
+@pytest.mark.usefixtures("ieee_float32")
 def test_triton_grouped_split_k(split):
     from dvn_kernels.triton import conv_bwd_input, conv_bwd_weight, conv_fwd
 

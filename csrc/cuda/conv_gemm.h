@@ -286,18 +286,24 @@ struct SplitK {
   int32_t splits = 1, tiles_per_split = 0;
 };
 
-inline SplitK choose_split_k(int64_t gemm_k, int32_t block_k, int64_t output_tiles,
-                             int32_t sm_count, int32_t min_tiles_per_split, int32_t max_splits) {
-  const int64_t k_tiles = (gemm_k + block_k - 1) / block_k;
-  if (k_tiles <= 0) return {1, 0};
-  // Enough CTAs for about two waves, each CTA keeping at least min_tiles_per_split K tiles.
-  int64_t want = (2 * int64_t(sm_count) + output_tiles - 1) / output_tiles;
-  const int64_t most = k_tiles / (min_tiles_per_split > 0 ? min_tiles_per_split : 1);
+// `units` (K tiles, or pixels) cut into at most `max_splits` ranges of at least `min_per_split`
+// units each, enough for about two waves of `ctas_per_split` CTAs per range.
+inline SplitK balanced_split(int64_t units, int64_t ctas_per_split, int32_t sm_count,
+                             int64_t min_per_split, int32_t max_splits) {
+  if (units <= 0) return {1, 0};
+  int64_t want = (2 * int64_t(sm_count) + ctas_per_split - 1) / ctas_per_split;
+  const int64_t most = units / (min_per_split > 0 ? min_per_split : 1);
   if (want > most) want = most;
   if (want > max_splits) want = max_splits;
   if (want < 1) want = 1;
-  const int64_t per = (k_tiles + want - 1) / want;
-  return {int32_t((k_tiles + per - 1) / per), int32_t(per)};
+  const int64_t per = (units + want - 1) / want;
+  return {int32_t((units + per - 1) / per), int32_t(per)};
+}
+
+inline SplitK choose_split_k(int64_t gemm_k, int32_t block_k, int64_t output_tiles,
+                             int32_t sm_count, int32_t min_tiles_per_split, int32_t max_splits) {
+  return balanced_split((gemm_k + block_k - 1) / block_k, output_tiles, sm_count,
+                        min_tiles_per_split, max_splits);
 }
 
 // Depthwise wgrad (depthwise_kernel.cuh) splits the output pixels instead of K tiles: about two
@@ -305,15 +311,8 @@ inline SplitK choose_split_k(int64_t gemm_k, int32_t block_k, int64_t output_til
 // tiles_per_split counts pixels here.
 inline SplitK depthwise_split(const Geometry& g, int sm_count, int64_t min_pixels,
                               int32_t max_splits) {
-  const int64_t pixels = int64_t(g.n) * g.p * g.q;
-  const int64_t ctas = ((k_pitch(g) + 31) / 32) * g.r * g.s;
-  int64_t want = (2 * int64_t(sm_count) + ctas - 1) / ctas;
-  const int64_t most = pixels / (min_pixels > 0 ? min_pixels : 1);
-  if (want > most) want = most;
-  if (want > max_splits) want = max_splits;
-  if (want < 1) want = 1;
-  const int64_t per = (pixels + want - 1) / want;
-  return {int32_t((pixels + per - 1) / per), int32_t(per)};
+  return balanced_split(int64_t(g.n) * g.p * g.q, ((k_pitch(g) + 31) / 32) * g.r * g.s,
+                        sm_count, min_pixels, max_splits);
 }
 
 DVN_HD void split_k_range(int64_t k_tiles, int32_t tiles_per_split, int32_t z, int64_t* first,
