@@ -7,7 +7,9 @@
 // inputs at stride 1 or of single images (oneDNN's reorder of NCHW activations costs more
 // than the product: 2-3x) and the input gradient of NCHW inputs (oneDNN's strided backward-
 // data was 2-8x slower). Elsewhere, channels_last inputs and weight gradients above all,
-// oneDNN was faster (up to 8x for channels_last forwards on the EPYC).
+// oneDNN was faster (up to 8x for channels_last forwards on the EPYC), and so it was for
+// batches of small feature maps (fewer than 64 output pixels per image: see
+// kBatchedGemmMinPixels).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,10 +22,11 @@ namespace dvn::cpu {
 // True when the problem is a 1x1 convolution without padding (any stride).
 bool gemm_applies(const ConvProblem& p);
 
-// Where the forward runs as GEMMs: NCHW-contiguous x at stride 1, or a single image.
+// Where the forward runs as GEMMs: NCHW-contiguous x at stride 1, or a single image; batches
+// only with 64 or more output pixels per image.
 bool gemm_forward_applies(const ConvProblem& p, const at::Tensor& x);
 
-// Where the input gradient runs as GEMMs: x not channels_last.
+// Where the input gradient runs as GEMMs: x not channels_last, the same pixel condition.
 bool gemm_grad_input_applies(const ConvProblem& p, const at::Tensor& x);
 
 // y = conv1x1(x, w) + bias_block; w is the (C_out_active, C_in_active) block_matrix, any strides.
