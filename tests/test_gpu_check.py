@@ -16,21 +16,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_rows_come_most_important_first():
     cases = gpu.all_cases()
-    assert {c.net for c in cases} == {"wrn-32-4", "resnet-42"}
+    assert {c.net for c in cases} == {"wrn-32-4", "resnet-42", "mobilenet-v2", "resnext-50"}
     assert {c.level for c in cases} == {1, 2, 3, 4}
+    assert {(c.name, c.groups, c.stride) for c in cases if c.groups > 1} == {
+        ("dw1", 144, 1), ("dw2", 144, 2), ("dw3", 384, 1), ("g1", 32, 1), ("g2", 32, 1)}
+    stages = len(gpu.STAGES)
     rows = gpu.ordered_rows(cases, list(gpu.SETTINGS), list(gpu.MODES))
     assert len(rows) == len(cases) * len(gpu.SETTINGS) * len(gpu.MODES)
-    first = rows[: 2 * 7 * 3]  # fwd+bwd at levels 1..3: both settings, every stage
+    first = rows[: 2 * stages * 3]  # fwd+bwd at levels 1..3: both settings, every stage
     assert all(mode == "fwd+bwd" and case.level <= 3 for case, _, mode in first)
     assert [c.level for c, _, m in first] == sorted(c.level for c, _, m in first)
-    assert all(mode == "fwd+bwd" and case.level == 4 for case, _, mode in rows[-14:])
+    assert all(mode == "fwd+bwd" and case.level == 4 for case, _, mode in rows[-2 * stages:])
 
 
+@pytest.mark.parametrize("stage", gpu.TINY, ids=lambda s: s[1])
 @pytest.mark.parametrize("mode", gpu.MODES)
-def test_every_candidate_runs_exactly_its_pass(mode):
-    """On a tiny CPU case: every candidate's result for the pass equals compact cuDNN's
-    (the kernels' backward called with the pass's output mask only)."""
-    case = gpu.all_cases(levels=[2], stages=gpu.TINY)[0]
+def test_every_candidate_runs_exactly_its_pass(mode, stage):
+    """On tiny CPU cases (dense, depthwise stride 2, grouped): every candidate's result for the
+    pass equals compact cuDNN's (the kernels' backward called with the pass's output mask
+    only; compact is a grouped conv of the active groups)."""
+    case = gpu.all_cases(levels=[2], stages=[stage])[0]
     o = gpu.operands(case, "tf32-nchw", torch.device("cpu"))
     kernels = [k for k in gpu.KERNELS if k in dvn_kernels.available_backends("cpu")]
     fns = gpu.candidates(o, kernels, mode)

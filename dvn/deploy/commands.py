@@ -64,7 +64,7 @@ def add_commands(sub, positive) -> None:
 
 
 def _profile(a) -> int:
-    from ..training.trainer import resolve_device
+    from ..training.config import resolve_device
     from .budget import profile
     from .runs import unit_file
     from .unitfile import UnitFile
@@ -100,7 +100,7 @@ def _budget_profile(a, path: str, file):
 def _infer(a) -> int:
     import torch
 
-    from ..training.trainer import resolve_device
+    from ..training.config import resolve_device
     from .budget import choose_level
     from .deployment import load_level, storage_bytes
     from .images import image_files, read_images

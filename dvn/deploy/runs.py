@@ -22,7 +22,7 @@ def unit_file(run: str) -> str:
         return run
     if not os.path.exists(run):
         raise FileNotFoundError(f"run: no run folder or unit file at {run}")
-    from ..training.trainer import checkpoint_path
+    from ..checkpoint import checkpoint_path
     checkpoint = checkpoint_path(run)
     path = os.path.join(run if os.path.isdir(run) else os.path.dirname(run) or ".", UNIT_FILE)
     if not os.path.isfile(checkpoint):
