@@ -150,13 +150,15 @@ def precompile_only():
 def launcher(kernel, sample: torch.Tensor):
     """``wrap_triton(kernel)``: the launch torch.compile and fake tensors can trace.
 
-    Under the interpreter wrap_triton hands back the bare kernel, which would run on fake
-    tensors when the op's fake implementation (the same function) is traced; there the
-    launch is skipped, as the real wrapper does under fake tensors.
+    Under the interpreter the ops are opaque custom ops (``op``), so the bare kernel is
+    launched: torch 2.11's wrap_triton rejects interpreted kernels, newer ones hand them back
+    unwrapped. The op's fake implementation is the same function, so a launch on fake or meta
+    tensors is skipped, as the real wrapper does under fake tensors.
     """
-    if INTERPRET and (sample.device.type == "meta"
-                      or torch._subclasses.fake_tensor.is_fake(sample)):
-        return _Skip()
+    if INTERPRET:
+        if sample.device.type == "meta" or torch._subclasses.fake_tensor.is_fake(sample):
+            return _Skip()
+        return kernel
     if _PRECOMPILING:
         return _Compile(kernel)
     return torch.library.wrap_triton(kernel)
