@@ -1,8 +1,10 @@
-"""Builds dvn_kernels._C: the C++ CPU kernels always, the CUDA kernels when possible.
+"""Builds dvn_kernels._C_torch<version>: the C++ CPU kernels always, the CUDA kernels when possible.
 
-The CUDA sources (csrc/cuda) are compiled when torch is a CUDA build and a CUDA toolkit is
-found; otherwise the extension is built for CPU only and the reason is printed and recorded
-in dvn_kernels/_build_info.json (read by dvn_kernels.build_info()). Install with
+The extension is named after the torch it is compiled against (dvn_kernels/build_tag.py), so
+builds for several torch stacks coexist in one tree. The CUDA sources (csrc/cuda) are compiled
+when torch is a CUDA build and a CUDA toolkit is found; otherwise the extension is built for
+CPU only and the reason is printed and recorded in dvn_kernels/<module>.json (read by
+dvn_kernels.build_info()). Install with
 `pip install -e . --no-build-isolation` so the extension is compiled against the torch it
 runs with.
 """
@@ -10,6 +12,7 @@ runs with.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
 import re
@@ -51,6 +54,19 @@ import torch  # noqa: E402
 from torch.utils import cpp_extension  # noqa: E402
 
 
+def _module_name() -> str:
+    """dvn_kernels/build_tag.py's name for this torch (loaded by path: the package itself
+    is not importable before it is built)."""
+    spec = importlib.util.spec_from_file_location(
+        "dvn_build_tag", os.path.join(ROOT, "dvn_kernels", "build_tag.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.extension_name(torch.__version__)
+
+
+MODULE = _module_name()
+
+
 def _sources(*patterns: str) -> list[str]:
     found: list[str] = []
     for pattern in patterns:
@@ -89,11 +105,11 @@ def _nvidia_include_dirs() -> list[str]:
 
 def _extension():
     why_not = _why_no_cuda()
-    cxx_flags = ["-O3", "-DPy_LIMITED_API=0x03090000"]
+    cxx_flags = ["-O3", "-DPy_LIMITED_API=0x03090000", f"-DDVN_MODULE={MODULE}"]
     if why_not is not None:
         _log(f"building the C++ CPU kernels only: {why_not}")
         ext = cpp_extension.CppExtension(
-            "dvn_kernels._C", CPP_SOURCES, extra_compile_args={"cxx": cxx_flags},
+            f"dvn_kernels.{MODULE}", CPP_SOURCES, extra_compile_args={"cxx": cxx_flags},
             py_limited_api=True)
         return ext, {"cuda": False, "why_no_cuda": why_not}
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -103,7 +119,7 @@ def _extension():
     _log(f"building the C++ CPU and CUDA kernels (CUDA_HOME={cpp_extension.CUDA_HOME}, "
          f"TORCH_CUDA_ARCH_LIST={arch})")
     ext = cpp_extension.CUDAExtension(
-        "dvn_kernels._C", CPP_SOURCES + CUDA_SOURCES,
+        f"dvn_kernels.{MODULE}", CPP_SOURCES + CUDA_SOURCES,
         include_dirs=_nvidia_include_dirs(),
         define_macros=[("DVN_WITH_CUDA", "1")],
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"] + (
@@ -115,12 +131,13 @@ def _extension():
 
 EXTENSION, BUILD_INFO = _extension()
 BUILD_INFO["torch"] = torch.__version__
-with open(os.path.join(ROOT, "dvn_kernels", "_build_info.json"), "w") as f:
+BUILD_INFO["module"] = MODULE
+with open(os.path.join(ROOT, "dvn_kernels", f"{MODULE}.json"), "w") as f:
     json.dump(BUILD_INFO, f, indent=1)
 
 setup(
     packages=find_packages(include=["dvn", "dvn.*", "dvn_kernels", "dvn_kernels.*"]),
-    package_data={"dvn_kernels": ["_build_info.json"]},
+    package_data={"dvn_kernels": [f"{MODULE}.json"]},
     ext_modules=[EXTENSION],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},

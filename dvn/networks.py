@@ -36,16 +36,19 @@ class Active:
     backend: str = "auto"
     key: str = field(init=False, repr=False, compare=False)
     unit_set: tuple[int, ...] = field(init=False, repr=False, compare=False)
-    _hash: int = field(init=False, repr=False, compare=False)
+    _hash: Optional[int] = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # key: name of this configuration's private modules (batch norm, heads).
         object.__setattr__(self, "key", f"t{self.task}_l{self.level}")
         object.__setattr__(self, "unit_set", tuple(sorted(self.units)))
-        object.__setattr__(self, "_hash", hash((self.task, self.level, self.units,
-                                                self.backend)))
 
     def __hash__(self) -> int:
+        # Computed on first use, not on construction: torch.compile makes selections while
+        # tracing, and Dynamo (torch 2.11) cannot trace the builtin hash of a tuple.
+        if self._hash is None:
+            object.__setattr__(self, "_hash", hash((self.task, self.level, self.units,
+                                                    self.backend)))
         return self._hash
 
 
@@ -65,7 +68,19 @@ def selected(active: Optional[Active]) -> Iterator[None]:
 
 
 def current_selection() -> Optional[Active]:
-    """The selection set by the innermost ``selected`` block of this context, or None."""
+    """The selection set by the innermost ``selected`` block of this context, or None.
+
+    Under ``torch.compile`` it is read once, when the graph is traced, and fixed in that graph
+    (Dynamo of torch 2.11 cannot trace ``ContextVar.get``): compile one function per
+    configuration, as ``dvn.compile_configs`` does.
+    """
+    if torch.compiler.is_compiling():
+        return _selection_when_traced()
+    return _SELECTED.get()
+
+
+@torch.compiler.assume_constant_result
+def _selection_when_traced() -> Optional[Active]:
     return _SELECTED.get()
 
 

@@ -1,4 +1,4 @@
-"""Loading of the compiled extension dvn_kernels._C (C++ CPU and CUDA kernels).
+"""Loading of the compiled extension dvn_kernels._C_torch<version> (C++ CPU and CUDA kernels).
 
 The package works without it (backends 'reference' and 'masked'); the native backends then
 raise BackendUnavailableError saying why the extension is missing.
@@ -7,17 +7,24 @@ raise BackendUnavailableError saying why the extension is missing.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
 from typing import Any, Optional
 
 import torch
 
+from .build_tag import extension_name
+
+MODULE = extension_name(torch.__version__)
 LOAD_ERROR: Optional[str] = None
-try:
-    from . import _C  # noqa: F401  (registers the ops with torch.library)
-except ImportError as exc:  # not built, or built against another torch
+try:  # importing it registers the ops with torch.library
+    importlib.import_module(f".{MODULE}", __package__)
+except ImportError as exc:  # not built for this torch
     LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ModuleNotFoundError) and exc.name == f"{__package__}.{MODULE}":
+        LOAD_ERROR = (f"dvn_kernels.{MODULE} is not built: the extension was not built for "
+                      f"torch {torch.__version__}")
 
 LOADED = LOAD_ERROR is None
 
@@ -38,7 +45,7 @@ def has_cuda_kernel() -> bool:
 
 def build_info() -> dict[str, Any]:
     """How the extension was built (written by setup.py) and whether it loaded."""
-    path = os.path.join(os.path.dirname(__file__), "_build_info.json")
+    path = os.path.join(os.path.dirname(__file__), f"{MODULE}.json")
     info: dict[str, Any] = {}
     if os.path.exists(path):
         with open(path) as f:

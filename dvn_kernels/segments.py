@@ -64,7 +64,9 @@ class ChannelSegments:
             else:
                 merged.append([start, length])
         object.__setattr__(self, "_flat", tuple(v for pair in merged for v in pair))
-        object.__setattr__(self, "_hash", hash(self._pairs))  # plans are looked up by segments
+        # Hashed on first use (plans are looked up by segments), not here: torch.compile
+        # makes segments while tracing, and Dynamo (torch 2.11) cannot trace hash of a tuple.
+        object.__setattr__(self, "_hash", None)
         object.__setattr__(self, "_total", sum(length for _, length in parsed))
 
     def __setattr__(self, key: str, value: object) -> None:
@@ -130,6 +132,8 @@ class ChannelSegments:
         return NotImplemented
 
     def __hash__(self) -> int:
+        if self._hash is None:
+            object.__setattr__(self, "_hash", hash(self._pairs))
         return self._hash
 
     def __repr__(self) -> str:
