@@ -3,7 +3,8 @@
 Knows channel segments, not tasks or levels (those live in ``dvn``).
 """
 
-from .backends import BACKENDS, BackendUnavailableError, available_backends, resolve_backend
+from .backends import (BACKENDS, BackendUnavailableError, available_backends, resolve_backend,
+                       set_auto_measure)
 from .extension import build_info
 from .plan import ConvPlan, conv_plan
 from .segments import ChannelSegments, as_segments, segments_from_units, split_channels
@@ -21,6 +22,7 @@ __all__ = [
     "planned_conv2d",
     "resolve_backend",
     "segments_from_units",
+    "set_auto_measure",
     "sliced_conv2d",
     "split_channels",
 ]

@@ -9,10 +9,18 @@
 - ``cuda``: the CUDA kernels of dvn_kernels._C (implicit GEMM, tensor cores), on CUDA tensors of
   float16, bfloat16, float32 (TF32 when torch.backends.cudnn.allow_tf32, else exact) or
   float64; available when the extension was built with CUDA.
-- ``auto``: ``cpu`` on CPU tensors of a supported dtype; on CUDA tensors ``triton``, then
-  ``cuda`` (float64), then ``reference``. The GPU order is provisional until bench.gpu has
-  measured both kernels on a GPU. A convolution the chosen kernel cannot run (grouped with
-  segments that cut through a group; grouped on a GPU, for now) runs on ``reference``.
+- ``auto``: ``cpu`` on CPU tensors of a supported dtype (no measuring), else ``reference``. On
+  CUDA tensors it measures (``dvn_kernels.choice``): per convolution (plan, input shape, dtype,
+  memory format) and per pass, the first call times ``reference`` (slice + cuDNN; at full width
+  a view of the weight), ``triton`` and ``cuda`` (those that can run it) and keeps the fastest,
+  forward and backward separately, in memory and in ``$DVN_CACHE_DIR`` (else ``~/.cache/dvn``)
+  ``/auto-choices.json`` under the GPU name and the torch, triton and dvn versions. A candidate
+  that fails while measured is dropped for that convolution with one warning.
+  ``DVN_AUTO_MEASURE=0`` (or ``set_auto_measure(False)``) turns measuring off, as do CUDA-graph
+  capture and torch.compile tracing (which use a choice already made, if any): then the fixed
+  order is ``reference`` at full width, else ``triton``, ``cuda``, ``reference``. A convolution
+  the kernels cannot run (grouped with segments that cut through a group) runs on
+  ``reference``.
 """
 
 from __future__ import annotations
@@ -24,9 +32,10 @@ from typing import Callable, Optional
 import torch
 
 from . import extension
-from .native import native_conv2d
+from .choice import Chooser
+from .native import native_conv2d, native_conv2d_backward
 from .plan import ConvPlan
-from .reference import masked_conv2d, reference_conv2d
+from .reference import Grads, Mask, masked_conv2d, reference_conv2d, reference_conv2d_backward
 
 BACKENDS = ("auto", "reference", "masked", "cpu", "triton", "cuda")
 CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -85,6 +94,15 @@ def _triton_conv2d(plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
     return triton_conv2d(plan, x, weight, bias)
 
 
+def _triton_conv2d_backward(plan: ConvPlan, grad_out: torch.Tensor, x: torch.Tensor,
+                            weight: torch.Tensor, mask: Mask) -> Grads:
+    from . import triton  # noqa: F401  (registers the Triton ops)
+
+    grads = torch.ops.dvn_kernels.triton_sliced_conv2d_backward(grad_out, x, weight, plan.spec,
+                                                                list(mask))
+    return tuple(g if m else None for g, m in zip(grads, mask))  # type: ignore[return-value]
+
+
 def _why_cuda_unavailable(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     if not extension.LOADED:
         return f"the C++ extension dvn_kernels._C did not load ({extension.LOAD_ERROR}); " \
@@ -107,7 +125,11 @@ def available_backends(device: torch.device | str = "cpu",
 
 
 def resolve_backend(backend: str, x: torch.Tensor) -> str:
-    """The concrete backend that runs for input ``x``; raises for unknown/unavailable ones."""
+    """The concrete backend that runs for input ``x``; raises for unknown/unavailable ones.
+
+    For 'auto' on CUDA tensors: the fixed order's choice for a convolution that is not full
+    width (what runs there when measuring is off); with measuring, the choice is per plan.
+    """
     if not isinstance(backend, str):
         raise TypeError(f"backend: expected a string, got {type(backend).__name__}")
     if backend == "auto":
@@ -167,12 +189,51 @@ _AUTO: dict[str, Implementation] = {
     "cuda": _auto("cuda", native_conv2d),
 }
 
+BACKWARDS = {  # the backward of each backend that auto may pair with another's forward
+    "reference": reference_conv2d_backward,
+    "cpu": native_conv2d_backward,
+    "triton": _triton_conv2d_backward,
+    "cuda": native_conv2d_backward,
+}
+
+
+def _gpu_candidates(plan: ConvPlan, x: torch.Tensor) -> list[str]:
+    """The backends ``auto`` measures on CUDA tensors, in the fixed order."""
+    kernels = [] if plan.kernel_reason is not None else [
+        name for name in ("triton", "cuda") if _why_unavailable(name, x.device, x.dtype) is None]
+    full = (plan.in_total == plan.weight_shape[1] * plan.groups
+            and plan.out_total == plan.weight_shape[0])
+    return ["reference", *kernels] if full else [*kernels, "reference"]
+
+
+_CHOOSER: Optional[Chooser] = None
+
+
+def gpu_chooser() -> Chooser:
+    """The chooser of ``auto`` on CUDA tensors (made on first use)."""
+    global _CHOOSER
+    if _CHOOSER is None:
+        _CHOOSER = Chooser({name: IMPLEMENTATIONS[name] for name in ("reference", "triton",
+                                                                    "cuda")},
+                           BACKWARDS, _gpu_candidates)
+    return _CHOOSER
+
+
+def set_auto_measure(enabled: bool) -> None:
+    """Turn the measuring of ``auto`` on CUDA tensors on or off (default: on, unless the
+    environment variable DVN_AUTO_MEASURE=0); off, ``auto`` follows the fixed order."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
+    gpu_chooser().measure = enabled
+
+
 _CHOSEN: dict[tuple[str, torch.device, torch.dtype], Implementation] = {}
 
 
 def implementation(backend: str, x: torch.Tensor) -> Implementation:
     """The function that runs ``backend`` for tensors like ``x``: resolve_backend, remembered
-    per (backend, device, dtype) so that the hot path pays a dict lookup."""
+    per (backend, device, dtype) so that the hot path pays a dict lookup (for 'auto' on CUDA
+    tensors, the chooser's, which looks up its choice per plan)."""
     if torch.compiler.is_compiling() or type(backend) is not str:  # the latter: a clear error
         return _resolve(backend, x)
     key = (backend, x.device, x.dtype)
@@ -185,4 +246,6 @@ def implementation(backend: str, x: torch.Tensor) -> Implementation:
 
 def _resolve(backend: str, x: torch.Tensor) -> Implementation:
     name = resolve_backend(backend, x)
+    if backend == "auto" and x.device.type == "cuda":
+        return gpu_chooser().conv2d
     return _AUTO[name] if backend == "auto" else IMPLEMENTATIONS[name]

@@ -20,6 +20,7 @@ if extension.LOADED:
     torch.library.register_fake("dvn_kernels::sliced_conv2d")(fake_forward)
     torch.library.register_fake("dvn_kernels::sliced_conv2d_backward")(fake_backward)
     _FORWARD = torch.ops.dvn_kernels.sliced_conv2d.default
+    _BACKWARD = torch.ops.dvn_kernels.sliced_conv2d_backward.default
 
 
 def native_conv2d(plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
@@ -28,3 +29,12 @@ def native_conv2d(plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
     if plan.in_gather is not None or plan.out_gather is not None:
         weight, bias = plan.kernel_operands(weight, bias)
     return _FORWARD(x, weight, bias, plan.spec)
+
+
+def native_conv2d_backward(plan: ConvPlan, grad_out: torch.Tensor, x: torch.Tensor,
+                           weight: torch.Tensor, mask: tuple[bool, bool, bool]
+                           ) -> tuple[Optional[torch.Tensor], ...]:
+    """The extension's backward op for x's device, only the gradients ``mask`` asks for (None
+    for the others); for plans without gathered sides (``plan.in_gather``/``out_gather``)."""
+    grads = _BACKWARD(grad_out, x, weight, plan.spec, list(mask))
+    return tuple(g if m else None for g, m in zip(grads, mask))

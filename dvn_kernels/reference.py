@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -61,3 +61,61 @@ def masked_conv2d(plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
     x_full = scatter_channels(x, 1, plan.in_segments.flat(), weight.shape[1] * plan.groups)
     y_full = _conv(plan, x_full, weight, bias, plan.groups)
     return take_channels(y_full, 1, plan.out_segments.flat())
+
+
+Mask = tuple[bool, bool, bool]
+Grads = tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]
+
+
+def reference_conv2d_backward(plan: ConvPlan, grad_out: torch.Tensor, x: torch.Tensor,
+                              weight: torch.Tensor, mask: Mask) -> Grads:
+    """The gradients of ``reference_conv2d`` (x compact; weight and bias full size), only
+    those ``mask`` asks for (None for the others).
+
+    The dense convolution's backward on the sliced weight, the weight and bias gradients
+    scattered into full-size zeros: what autograd through "slice + dense conv" computes, without
+    running the forward again (``auto`` pairs it with another backend's forward).
+    """
+    if plan.groups > 1 and plan.kernel_reason is not None:  # the literal dense block: autograd
+        return autograd_backward(reference_conv2d)(plan, grad_out, x, weight, mask)
+    ins, outs = plan.in_segments.flat(), plan.out_segments.flat()
+    rows = take_channels(weight, 0, outs)
+    block, groups = (take_channels(rows, 1, ins), 1) if plan.groups == 1 \
+        else (rows, plan.out_total // (weight.shape[0] // plan.groups))
+    gx, g_block, g_bias = torch.ops.aten.convolution_backward(
+        oneDNN_safe(grad_out), oneDNN_safe(x), block, [block.shape[0]] if mask[2] else None,
+        plan.stride, plan.padding, plan.dilation, False, [0, 0], groups, list(mask))
+    gw = gb = None
+    if mask[1]:
+        gw = torch.zeros_like(weight)
+        col_pairs = ((0, weight.shape[1]),) if plan.groups > 1 else plan.in_segments.pairs
+        row = 0
+        for o_start, o_len in plan.out_segments.pairs:
+            col = 0
+            for i_start, i_len in col_pairs:
+                gw.narrow(0, o_start, o_len).narrow(1, i_start, i_len).copy_(
+                    g_block.narrow(0, row, o_len).narrow(1, col, i_len))
+                col += i_len
+            row += o_len
+    if mask[2]:
+        gb = scatter_channels(g_bias, 0, outs, weight.shape[0])
+    return (gx if mask[0] else None), gw, gb
+
+
+def autograd_backward(forward: Callable[[ConvPlan, torch.Tensor, torch.Tensor,
+                                         Optional[torch.Tensor]], torch.Tensor]
+                      ) -> Callable[[ConvPlan, torch.Tensor, torch.Tensor, torch.Tensor, Mask],
+                                    Grads]:
+    """A backward (as ``reference_conv2d_backward`` takes and returns) by autograd through
+    ``forward``, which it runs again: for backends without a backward of their own."""
+    def backward(plan: ConvPlan, grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                 mask: Mask) -> Grads:
+        with torch.enable_grad():
+            xs = x.detach().requires_grad_(mask[0])
+            ws = weight.detach().requires_grad_(mask[1])
+            bias = weight.new_zeros(weight.shape[0], requires_grad=True) if mask[2] else None
+            y = forward(plan, xs, ws, bias)
+            wanted = [t for t, m in zip((xs, ws, bias), mask) if m]
+            got = iter(torch.autograd.grad(y, wanted, grad_out))
+        return tuple(next(got) if m else None for m in mask)  # type: ignore[return-value]
+    return backward
