@@ -205,3 +205,51 @@ def test_opcheck_mixed_layouts(x_cl, w_cl):
     y = ops.triton_sliced_conv2d(x.detach(), w.detach(), None, spec)
     torch.library.opcheck(ops.triton_sliced_conv2d_backward.default,
                           (torch.randn_like(y), x.detach(), w.detach(), spec, [True] * 3))
+
+
+_TRACE = '''
+import torch
+from torch._functorch.aot_autograd import aot_function
+from torch._subclasses.fake_tensor import FakeTensorMode
+import dvn_kernels
+from dvn_kernels.triton import configs, layout, op  # noqa: F401 (registers the triton_ops)
+assert not configs.INTERPRET
+configs._sm_count = lambda index: 132  # no GPU to ask
+ins = dvn_kernels.ChannelSegments([(1, 3), (9, 4)])
+outs = dvn_kernels.ChannelSegments([(2, 2), (6, 5)])
+spec = dvn_kernels.conv_plan((11, 13, 3, 3), ins, outs, stride=2, padding=1).spec
+codes = []
+
+def f(x, w, b, gy):
+    ops = torch.ops.dvn_kernels
+    return (ops.triton_sliced_conv2d(x, w, b, spec),
+            *ops.triton_sliced_conv2d_backward(gy, x, w, spec, [True, True, True]))
+
+with FakeTensorMode():
+    args = [torch.empty(s, device="cuda") for s in ((2, 7, 9, 8), (11, 13, 3, 3), (11,),
+                                                     (2, 7, 5, 4))]
+    outs = aot_function(f, fw_compiler=lambda gm, _: codes.append(gm.code) or gm)(*args)
+print([t.stride() for t in outs])
+print(sum("aten.clone" in l and "channels_last" in l for l in codes[0].splitlines()))
+print(layout.cached_weights())
+'''
+
+
+def test_triton_op_traces_plain_conversions():
+    """The GPU path (triton_ops that Inductor decomposes) traced by AOTAutograd on fake CUDA
+    tensors, no GPU needed: the conversions are graph ops (x, weight twice, grad out, x), the
+    results have the fake layouts (NCHW here) and no weight is cached."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    r = subprocess.run([sys.executable, "-c", _TRACE], env=env, capture_output=True,
+                       text=True, timeout=300, cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    strides, clones, cached = r.stdout.strip().splitlines()[-3:]
+    assert strides == "[(140, 20, 4, 1), (504, 72, 8, 1), (117, 9, 3, 1), (1,)]"
+    assert clones == "5" and cached == "0"
