@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 import triton
@@ -147,21 +151,114 @@ def precompile_only():
         _PRECOMPILING = old
 
 
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch, described by what selects its compiled variant.
+
+    ``constexprs``: the constexpr arguments the launch passes (layout, ALIGN, kernel size...;
+    not the autotuned tile). ``specialization``: per runtime argument, the class Triton
+    compiles it as: ``"1"`` (an integer equal to 1, a constant: a unit channel stride),
+    ``"%16"`` (an integer divisible by 16), ``"int"``, ``"<dtype>%16"`` / ``"<dtype>"`` (a
+    tensor with a 16-byte aligned data pointer or not; the dtype alone when it has none, as
+    while tracing), or the type of anything else. Arguments named in the kernel's
+    ``do_not_specialize`` are ``"int"`` on a compiled kernel; the interpreter does not keep
+    that list, so there they show the class of their value.
+    """
+    kernel: str
+    constexprs: dict[str, Any]
+    specialization: dict[str, str]
+
+
+_RECORDING: Optional[list[Launch]] = None
+
+
+@contextlib.contextmanager
+def record_launches() -> Iterator[list[Launch]]:
+    """Within the block every launch through ``launcher`` (run, or compiled under
+    ``precompile_only``; not the skipped ones on fake tensors) is appended to the yielded
+    list, in order, as a ``Launch``. Tests check which variants a call runs with it (an NCHW
+    call runs the channels_last ones); a compile report can list them. Nothing stays on after
+    the block; an inner block records into its own list only."""
+    global _RECORDING
+    old, _RECORDING = _RECORDING, []
+    try:
+        yield _RECORDING
+    finally:
+        _RECORDING = old
+
+
+@functools.lru_cache(maxsize=None)
+def _parameters(kernel) -> tuple[str, tuple[tuple[str, bool, bool], ...]]:
+    """(name, ((argument, is constexpr, not specialised), ...)) of a kernel or autotuner."""
+    fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
+    params = getattr(fn, "params", None)
+    if params is not None:  # a JITFunction
+        args = tuple((p.name, p.is_constexpr, p.do_not_specialize) for p in params)
+    else:  # the interpreter's InterpretedFunction keeps only the Python function
+        sig = inspect.signature(fn.fn).parameters.values()
+        args = tuple((p.name, "constexpr" in str(p.annotation), False) for p in sig)
+    return fn.__name__, args
+
+
+def _specialization(value, no_specialize: bool) -> str:
+    if isinstance(value, torch.Tensor):
+        dtype = str(value.dtype).removeprefix("torch.")
+        try:
+            return dtype + ("%16" if value.data_ptr() % 16 == 0 else "")
+        except RuntimeError:  # fake or functional tensors while tracing
+            return dtype
+    if isinstance(value, bool) or not isinstance(value, int):
+        return type(value).__name__
+    if no_specialize:
+        return "int"
+    return "1" if value == 1 else "%16" if value % 16 == 0 else "int"
+
+
+def _record(kernel, args: tuple, kwargs: dict) -> None:
+    name, params = _parameters(kernel)
+    constexprs, spec = {}, {}
+    for (arg, is_constexpr, no_specialize), value in zip(params, args):
+        if is_constexpr:
+            constexprs[arg] = value
+        else:
+            spec[arg] = _specialization(value, no_specialize)
+    constexprs.update(kwargs)  # constexprs are passed by keyword
+    _RECORDING.append(Launch(name, constexprs, spec))
+
+
+class _Recorded:
+    """A launch that records itself (``record_launches``), then runs ``inner``'s."""
+
+    def __init__(self, inner, kernel) -> None:
+        self.inner, self.kernel = inner, kernel
+
+    def __getitem__(self, grid):
+        launch = self.inner[grid]
+
+        def run(*args, **kwargs):
+            _record(self.kernel, args, kwargs)
+            return launch(*args, **kwargs)
+        return run
+
+
 def launcher(kernel, sample: torch.Tensor):
     """``wrap_triton(kernel)``: the launch torch.compile and fake tensors can trace.
 
     Under the interpreter the ops are opaque custom ops (``op``), so the bare kernel is
     launched: torch 2.11's wrap_triton rejects interpreted kernels, newer ones hand them back
     unwrapped. The op's fake implementation is the same function, so a launch on fake or meta
-    tensors is skipped, as the real wrapper does under fake tensors.
+    tensors is skipped, as the real wrapper does under fake tensors. Within
+    ``record_launches`` the launch records itself.
     """
     if INTERPRET:
         if sample.device.type == "meta" or torch._subclasses.fake_tensor.is_fake(sample):
             return _Skip()
-        return kernel
-    if _PRECOMPILING:
-        return _Compile(kernel)
-    return torch.library.wrap_triton(kernel)
+        launch = kernel
+    elif _PRECOMPILING:
+        launch = _Compile(kernel)
+    else:
+        launch = torch.library.wrap_triton(kernel)
+    return launch if _RECORDING is None else _Recorded(launch, kernel)
 
 
 def channel_align(*values: int) -> int:

@@ -13,6 +13,12 @@ interpreted kernels, so there the same functions are opaque ``custom_op``s with 
 of ``dvn_kernels.fake``: ``torch.compile`` and ``opcheck`` still see one op without graph
 breaks. Float32 uses TF32 tensor cores when ``torch.backends.cudnn.allow_tf32`` is set (read
 when the op runs, as the CUDA kernels do; under torch.compile, when it traces).
+
+Layout: the kernels always see unit-stride channels (``layout``): NCHW activations and
+gradients are copied to channels_last, KCRS weights replaced by a cached channels_last copy,
+and results written channels_last, then copied into the caller's layout. So an NCHW float32
+call runs the same compiled variants (coalesced 16-byte loads and stores) as a channels_last
+one, and callers see the results' layouts of ``dvn_kernels.fake``.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from torch.library import triton_op
 from ..channels import scatter_channels
 from ..fake import empty_grads, empty_output, fake_backward, fake_forward
 from ..plan import ConvPlan, parse_spec
-from . import configs
+from . import configs, layout
 from .conv_bwd_input import conv_grad_input
 from .conv_bwd_weight import conv_grad_weight
 from .conv_fwd import conv_forward
@@ -59,13 +65,15 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
              spec: str) -> torch.Tensor:
     s = parse_spec(spec)
     y = empty_output(x, weight, spec)
+    xk, yk = layout.channels_last(x), layout.kernel_output(y)
+    wk = layout.weight_channels_last(weight)
     if _depthwise(weight, s.groups):
-        depthwise_forward(x, weight, bias, s.out_segments, y, s.stride, s.padding, s.dilation,
+        depthwise_forward(xk, wk, bias, s.out_segments, yk, s.stride, s.padding, s.dilation,
                           s.groups)
     else:
-        conv_forward(x, weight, bias, s.in_segments, s.out_segments, y, s.stride, s.padding,
+        conv_forward(xk, wk, bias, s.in_segments, s.out_segments, yk, s.stride, s.padding,
                      s.dilation, _precision(x.dtype), groups=s.groups)
-    return y
+    return layout.finish(y, yk)
 
 
 @_define(f"{_NS}::triton_sliced_conv2d_backward", fake_backward)
@@ -75,23 +83,29 @@ def _backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, spe
     gx, gw, gb = empty_grads(x, weight, output_mask)
     precision = _precision(x.dtype)
     depthwise = _depthwise(weight, s.groups)
+    g = layout.channels_last(grad_out)
     if output_mask[0]:
+        gxk, wk = layout.kernel_output(gx), layout.weight_channels_last(weight)
         if depthwise:
-            depthwise_grad_input(grad_out, weight, s.out_segments, gx, s.stride, s.padding,
-                                 s.dilation, s.groups)
+            depthwise_grad_input(g, wk, s.out_segments, gxk, s.stride, s.padding, s.dilation,
+                                 s.groups)
         else:
-            conv_grad_input(grad_out, weight, s.in_segments, s.out_segments, gx, s.stride,
-                            s.padding, s.dilation, precision, groups=s.groups)
+            conv_grad_input(g, wk, s.in_segments, s.out_segments, gxk, s.stride, s.padding,
+                            s.dilation, precision, groups=s.groups)
+        layout.finish(gx, gxk)
     if output_mask[1]:
-        gw.zero_()  # the kernels write only the active block
+        # A KCRS gradient is written on a KRSC scratch (coalesced stores), then copied.
+        gwk, xk = layout.kernel_output(gw), layout.channels_last(x)
+        gwk.zero_()  # the kernels write only the active block
         if depthwise:
-            depthwise_grad_weight(grad_out, x, s.out_segments, gw, s.stride, s.padding,
-                                  s.dilation, s.groups)
+            depthwise_grad_weight(g, xk, s.out_segments, gwk, s.stride, s.padding, s.dilation,
+                                  s.groups)
         else:
-            conv_grad_weight(grad_out, x, s.in_segments, s.out_segments, gw, s.stride,
-                             s.padding, s.dilation, precision, groups=s.groups)
+            conv_grad_weight(g, xk, s.in_segments, s.out_segments, gwk, s.stride, s.padding,
+                             s.dilation, precision, groups=s.groups)
+        layout.finish(gw, gwk)
     if output_mask[2]:
-        sums = grad_out.sum((0, 2, 3), dtype=torch.float32).to(grad_out.dtype)
+        sums = g.sum((0, 2, 3), dtype=torch.float32).to(g.dtype)
         gb.copy_(scatter_channels(sums, 0, s.out_segments.flat(), weight.shape[0]))
     return gx, gw, gb
 
