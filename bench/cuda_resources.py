@@ -115,7 +115,7 @@ def _kernels_with_dynamic_smem() -> set[str]:
     for path in CUDA_DIR.glob("*.cu*"):
         text = path.read_text()
         for m in re.finditer(r"extern __shared__", text):
-            kernels = re.findall(r"__global__ void(?: __launch_bounds__\([^)]*\))? (\w+)\(",
+            kernels = re.findall(r"__global__\s+void(?:\s+__launch_bounds__\([^)]*\))?\s+(\w+)\(",
                                  text[:m.start()])
             if kernels:
                 names.add(kernels[-1])

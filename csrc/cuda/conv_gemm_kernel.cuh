@@ -197,8 +197,13 @@ __device__ __forceinline__ void load_tile(T* smem, int ld, const T* base, bool v
 }
 
 // --- The kernel -------------------------------------------------------------------------------
+// Blocks per SM for ptxas's register budget: 2 for 128-row tiles (fp32 tiles of 81 KB of
+// shared memory fit 2 per SM anyway), 3 for 64-row tiles (a budget of 4 caps registers at 128
+// and made the TF32 dgrad spill; 3 leaves 170, which every instantiation fits without spills:
+// bench/results/compile-sm90.md).
 template <typename T, Pass P, bool kTensorCores, int BM_ = kBlockMLarge>
-__global__ void __launch_bounds__(kThreads) conv_gemm_kernel(const ConvGemmParams p) {
+__global__ void __launch_bounds__(kThreads, BM_ == kBlockMLarge ? 2 : 3)
+    conv_gemm_kernel(const ConvGemmParams p) {
   using Tl = Tiles<T, P, BM_>;
   using Acc = typename Tl::Acc;
   constexpr int BM = Tl::BM, BN = Tl::BN, BK = Tl::BK;
