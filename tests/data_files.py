@@ -21,7 +21,9 @@ def _images(rng: np.random.Generator, n: int, c: int, s: int) -> np.ndarray:
 def write_idx(path: Path, a: np.ndarray) -> None:
     """An idx file of unsigned bytes (gzipped when the name ends in .gz)."""
     raw = bytes([0, 0, 0x08, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
-    (gzip.open if path.suffix == ".gz" else open)(path, "wb").write(raw)
+    # Closed before returning: Python 3.12's GzipFile buffers writes until close.
+    with (gzip.open if path.suffix == ".gz" else open)(path, "wb") as f:
+        f.write(raw)
 
 
 def write_fashion_mnist(folder: Path, n_train: int = 40, n_test: int = 20, seed: int = 0):
