@@ -1,6 +1,6 @@
 """GPU benchmark of the sliced convolution: each pass of each kernel, per level, against cuDNN.
 
-    python -m bench.gpu --json $OUT/<gpu>.json --budget-s 200     # on a GPU
+    python -m bench.gpu --json $OUT/gpu-<gpu>.json --budget-s 200  # on a GPU
     python -m bench.gpu --precompile --workers 12                  # compile Triton variants first
     python -m bench.gpu --dry-run                                  # CPU: the same code, tiny cases
 
@@ -26,9 +26,9 @@ candidate computes a gradient the row does not ask for):
   into a zero-filled full-size tensor;
 - ``masked``: cuDNN on the full weight and the zero-scattered input (gradients likewise);
 - ``auto``: the public API, ``dvn_kernels.planned_conv2d(plan, x, weight, backend="auto")``,
-  with autograd for the backward passes (dgrad, wgrad: the backward of one forward kept with
-  ``retain_graph``, only the pass's input requiring grad). Its target: never more than 5%
-  slower than ``slice`` (the ``reference`` backend's slice + cuDNN) on any row.
+  with autograd for the backward passes (dgrad, wgrad: the backward of a kept forward, only
+  the pass's input requiring grad; see ``auto_pass``). Its target: never more than 5% slower
+  than ``slice`` (what the ``reference`` backend runs: slice + cuDNN) on any row.
 
 Per candidate: the median eager time (``triton.testing.do_bench``: CUDA events, L2 flushed),
 the median CUDA-graph replay time (``do_bench_cudagraph``: the kernels without host
@@ -277,8 +277,11 @@ def masked_pass(mode: str, o: Operands) -> Callable[[], Result]:
 def auto_pass(mode: str, o: Operands) -> Callable[[], Result]:
     """One pass of ``planned_conv2d(..., backend="auto")``, backward through autograd.
 
-    dgrad and wgrad run the backward of one forward (made here, its graph kept), with only
-    the pass's input requiring grad, so the op's backward computes that gradient alone."""
+    dgrad and wgrad run the backward of a kept forward (``retain_graph``), with only the
+    pass's input requiring grad, so that the op's backward computes that gradient alone. The
+    forward is made once per CUDA stream, on it (a backward runs on its forward's stream, and
+    a CUDA-graph capture records one stream): the captured graph holds one forward besides
+    its n backward calls, 1/n of a forward per timed call."""
     def forward(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return dvn_kernels.planned_conv2d(o.plan, x, w, backend=AUTO)
     if mode == "fwd":
@@ -286,9 +289,15 @@ def auto_pass(mode: str, o: Operands) -> Callable[[], Result]:
     if mode in ("dgrad", "wgrad"):
         x = o.x.detach().requires_grad_(mode == "dgrad")
         w = o.weight.detach().requires_grad_(mode == "wgrad")
-        y = forward(x, w)
         leaf = x if mode == "dgrad" else w
-        return lambda: torch.autograd.grad(y, leaf, o.gy, retain_graph=True)[0]
+        kept: dict[int, torch.Tensor] = {}  # stream -> the forward's output
+
+        def backward() -> torch.Tensor:
+            stream = torch.cuda.current_stream().cuda_stream if x.is_cuda else 0
+            if stream not in kept:
+                kept[stream] = forward(x, w)
+            return torch.autograd.grad(kept[stream], leaf, o.gy, retain_graph=True)[0]
+        return backward
 
     def both():
         x, w = o.x.detach().requires_grad_(), o.weight.detach().requires_grad_()
