@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -115,10 +116,10 @@ def test_result_file_names():
 
 @pytest.mark.host
 def test_gpu_check_dry_run(tmp_path):
-    """scripts/gpu-check --dry-run: every phase of the GPU call on this CPU machine in under a
-    minute; what lands in $OUT is what a device call brings back (<= 8 files: the results,
+    """scripts/gpu-check --dry-run with this interpreter: every phase of the GPU call on this
+    CPU machine in under a minute; what lands in $OUT is what a device call brings back (<= 8 files: the results,
     the summary, one archive of the logs), the summary printed last, the schedule checked."""
-    env = dict(os.environ, OUT=str(tmp_path))
+    env = dict(os.environ, OUT=str(tmp_path), DVN_PYTHON=sys.executable)
     r = subprocess.run([str(ROOT / "scripts" / "gpu-check"), "--dry-run"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     with tarfile.open(tmp_path / "logs.tar.gz") as tar:
