@@ -1,6 +1,6 @@
 """GPU benchmark of the sliced convolution: each pass of each kernel, per level, against cuDNN.
 
-    python -m bench.gpu --json $OUT/<gpu>.json --budget-s 200     # on a GPU
+    python -m bench.gpu --json $OUT/gpu-<gpu>.json --budget-s 200  # on a GPU
     python -m bench.gpu --precompile --workers 12                  # compile Triton variants first
     python -m bench.gpu --dry-run                                  # CPU: the same code, tiny cases
 
@@ -9,8 +9,9 @@ Shapes: the 3x3 stride-1 convs of WRN-32-4's stages (batch 128, 32x32 input) and
 MobileNetV2's depthwise 3x3 convs (stride 1 and 2) and ResNeXt-50's grouped 3x3 convs (32
 groups; the compact baseline is a grouped conv of the active groups); k = 4 equal units,
 levels 1..4 (the first l units on both sides). Two settings: ``bf16-cl`` (bfloat16, channels_last) and ``tf32-nchw``
-(float32 with TF32, NCHW: how ``dvn`` trains). Rows come most important first: forward+backward
-at levels 1..3 (the training targets), then each pass at every level, then level 4.
+(float32 with TF32, NCHW: how ``dvn`` trains). Rows come most important first: levels 1 and 4
+(the smallest and the full network) of every pass in both settings, stage by stage, then levels
+2 and 3 likewise (``ordered_rows``).
 
 Every row times exactly one pass for every candidate, called directly (no autograd, so no
 candidate computes a gradient the row does not ask for):
@@ -23,7 +24,11 @@ candidate computes a gradient the row does not ask for):
   a dense network of the active size;
 - ``slice``: slice + cuDNN as autograd runs it: the weight block copied, its gradient written
   into a zero-filled full-size tensor;
-- ``masked``: cuDNN on the full weight and the zero-scattered input (gradients likewise).
+- ``masked``: cuDNN on the full weight and the zero-scattered input (gradients likewise);
+- ``auto``: the public API, ``dvn_kernels.planned_conv2d(plan, x, weight, backend="auto")``,
+  with autograd for the backward passes (dgrad, wgrad: the backward of a kept forward, only
+  the pass's input requiring grad; see ``auto_pass``). Its target: never more than 5% slower
+  than ``slice`` (what the ``reference`` backend runs: slice + cuDNN) on any row.
 
 Per candidate: the median eager time (``triton.testing.do_bench``: CUDA events, L2 flushed),
 the median CUDA-graph replay time (``do_bench_cudagraph``: the kernels without host
@@ -39,7 +44,6 @@ import math
 import multiprocessing as mp
 import os
 import re
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +54,7 @@ import torch.nn.functional as F
 
 import dvn_kernels
 from bench.conv import ConvCase
+from bench.gpu_summary import ERROR_BOUND  # relative error bounds against compact cuDNN
 from bench.timing import write_results
 from dvn_kernels.channels import scatter_channels, take_channels
 
@@ -58,6 +63,7 @@ MODES = ("fwd+bwd", "fwd", "dgrad", "wgrad")
 SETTINGS = {"bf16-cl": (torch.bfloat16, True, False), "tf32-nchw": (torch.float32, False, True)}
 BASELINES = ("compact", "slice", "masked")
 KERNELS = ("triton", "cuda")
+AUTO = "auto"  # the public op with backend="auto": a candidate on every row
 Result = torch.Tensor | tuple[torch.Tensor, ...]
 
 
@@ -103,13 +109,17 @@ def all_cases(units: int = 4, levels: Sequence[int] = (1, 2, 3, 4),
 
 def ordered_rows(cases: Sequence[Case], settings: Sequence[str], modes: Sequence[str]
                  ) -> list[tuple[Case, str, str]]:
-    """(case, setting, mode) most important first: fwd+bwd at levels 1..3, then the single
-    passes at every level, then fwd+bwd at the full level."""
+    """(case, setting, mode) most important first: levels 1 and k (the smallest and the full
+    network) before levels 2..k-1; within each, stage by stage (in ``cases`` order), every
+    pass at the lower level in every setting, then the higher level. A run cut short after
+    any number of stages has every (setting, pass) of those stages at levels 1 and k."""
+    stages = list(dict.fromkeys((c.net, c.name) for c in cases))
+
     def rank(row):
         case, setting, mode = row
-        full = case.level == case.units
-        return (full and mode == "fwd+bwd", mode != "fwd+bwd", case.level, mode,
-                settings.index(setting), case.net, case.name)
+        ends = case.level in (1, case.units)
+        return (not ends, stages.index((case.net, case.name)), case.level, modes.index(mode),
+                settings.index(setting))
     return sorted(((c, s, m) for c in cases for s in settings for m in modes), key=rank)
 
 
@@ -264,9 +274,43 @@ def masked_pass(mode: str, o: Operands) -> Callable[[], Result]:
     return both
 
 
+def auto_pass(mode: str, o: Operands) -> Callable[[], Result]:
+    """One pass of ``planned_conv2d(..., backend="auto")``, backward through autograd.
+
+    dgrad and wgrad run the backward of a kept forward (``retain_graph``), with only the
+    pass's input requiring grad, so that the op's backward computes that gradient alone. The
+    forward is made once per CUDA stream, on it (a backward runs on its forward's stream, and
+    a CUDA-graph capture records one stream): the captured graph holds one forward besides
+    its n backward calls, 1/n of a forward per timed call."""
+    def forward(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return dvn_kernels.planned_conv2d(o.plan, x, w, backend=AUTO)
+    if mode == "fwd":
+        return lambda: forward(o.x, o.weight)
+    if mode in ("dgrad", "wgrad"):
+        x = o.x.detach().requires_grad_(mode == "dgrad")
+        w = o.weight.detach().requires_grad_(mode == "wgrad")
+        leaf = x if mode == "dgrad" else w
+        kept: dict[int, torch.Tensor] = {}  # stream -> the forward's output
+
+        def backward() -> torch.Tensor:
+            stream = torch.cuda.current_stream().cuda_stream if x.is_cuda else 0
+            if stream not in kept:
+                kept[stream] = forward(x, w)
+            return torch.autograd.grad(kept[stream], leaf, o.gy, retain_graph=True)[0]
+        return backward
+
+    def both():
+        x, w = o.x.detach().requires_grad_(), o.weight.detach().requires_grad_()
+        y = forward(x, w)
+        gx, gw = torch.autograd.grad(y, (x, w), o.gy)
+        return y.detach(), gx, gw
+    return both
+
+
 def candidates(o: Operands, kernels: Sequence[str], mode: str) -> dict[str, Callable[[], Result]]:
     """Closures running exactly one ``mode`` pass of every candidate on the same data."""
     fns = {k: kernel_pass(k, mode, o) for k in kernels}
+    fns[AUTO] = auto_pass(mode, o)
     fns.update(compact=compact_pass(mode, o), slice=slice_pass(mode, o),
                masked=masked_pass(mode, o))
     return fns
@@ -296,18 +340,16 @@ def relative_error(got: Result, want: Result, o: Operands) -> float:
 # --- timing -----------------------------------------------------------------------------------
 
 def time_eager(fn: Callable[[], object], device: torch.device, rep_ms: int) -> float:
-    """Median milliseconds per call: CUDA events on a GPU (L2 flushed), a host clock on CPU."""
+    """Median milliseconds per call: CUDA events on a GPU (L2 flushed); on a CPU (dry runs:
+    the code path, nothing real) one call on a host clock."""
     if device.type == "cuda":
         import triton.testing
 
         return float(triton.testing.do_bench(fn, warmup=max(5, rep_ms // 4), rep=rep_ms,
                                               quantiles=[0.5])[0])
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def time_graph(fn: Callable[[], object], device: torch.device, rep_ms: int
@@ -325,9 +367,12 @@ def time_graph(fn: Callable[[], object], device: torch.device, rep_ms: int
 
 
 def host_us(fn: Callable[[], object], device: torch.device, calls: int = 20) -> float:
-    """Microseconds of host time per call (launches queued, not waited for)."""
+    """Microseconds of host time per call (launches queued, not waited for; on a CPU, where
+    the call is the work, one call)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    else:
+        calls = 1
     t0 = time.perf_counter()
     for _ in range(calls):
         fn()
@@ -363,10 +408,10 @@ def measure_row(case: Case, setting: str, mode: str, kernels: Sequence[str],
 
 
 def ratios(row: dict, kernels: Sequence[str]) -> dict[str, float]:
-    """Baseline time / kernel time (> 1: the kernel is faster), on CUDA-graph times where both
-    have one, else on eager times."""
+    """Baseline time / candidate time (> 1: the candidate is faster) for each kernel and
+    ``auto``, on CUDA-graph times where both have one, else on eager times."""
     out = {}
-    for k in kernels:
+    for k in [*kernels, AUTO]:
         for base in BASELINES:
             g_k, g_b = row["graph_ms"].get(k), row["graph_ms"].get(base)
             if g_k and g_b:
@@ -403,8 +448,6 @@ def format_row(row: dict, kernels: Sequence[str]) -> str:
                               row["setting"], row["mode"]] + cells) + " |"
 
 
-# Relative error bounds against compact cuDNN, by setting.
-ERROR_BOUND = {"bf16-cl": 2e-2, "tf32-nchw": 5e-3}
 
 
 def summary(rows: list[dict], kernel: str) -> str:
@@ -427,6 +470,18 @@ def summary(rows: list[dict], kernel: str) -> str:
         f"{sum(1 for r in rows if kernel in r['error'])}"])
 
 
+def auto_summary(rows: list[dict]) -> str:
+    """The target of ``auto``: never more than 5% slower than slice + cuDNN (reference)."""
+    vals = [(r["ratios"][f"slice/{AUTO}"], r) for r in rows if f"slice/{AUTO}" in r["ratios"]]
+    if not vals:
+        return "# auto >= 0.95x slice + cuDNN on every row: no rows"
+    worst, r = min(vals, key=lambda v: v[0])
+    slow = sum(1 for v, _ in vals if v < 0.95)
+    return (f"# auto >= 0.95x slice + cuDNN on every row: worst {worst:.2f}x ({r['net']} "
+            f"{r['name']} level {r['level']} {r['setting']} {r['mode']}), {slow} of {len(vals)} "
+            f"rows under 0.95x")
+
+
 def gpu_name() -> str:
     """The GPU's name; ``cpu-dry-run`` without one (the name of a dry run's results)."""
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu-dry-run"
@@ -434,6 +489,12 @@ def gpu_name() -> str:
 
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def result_tag(name: str) -> str:
+    """The results files' tag, as bench/results names them: ``gpu-<name>`` for a GPU
+    (``gpu-nvidia-h200``), ``dry-run`` for a dry run on a CPU."""
+    return "dry-run" if name == "cpu-dry-run" else f"gpu-{slug(name)}"
 
 
 # --- precompiling the Triton variants ---------------------------------------------------------
@@ -457,8 +518,9 @@ def precompile(rows: Sequence[tuple[Case, str, str]], workers: int) -> float:
     """Compiles the Triton variants of ``rows`` in ``workers`` processes sharing one Triton
     cache (TRITON_CACHE_DIR), so that the benchmark's autotuner only loads them. Seconds."""
     t0 = time.perf_counter()
-    # One pass each of fwd and of the backward covers every kernel a row launches.
-    jobs = sorted({(c, s, "fwd+bwd") for c, s, _ in rows}, key=lambda j: (j[0].level, j[1]))
+    # One pass each of fwd and of the backward covers every kernel a row launches; in the
+    # rows' order, so that a precompile cut short has compiled the first rows' variants.
+    jobs = list(dict.fromkeys((c, s, "fwd+bwd") for c, s, _ in rows))
     chunks = [jobs[i::workers] for i in range(workers) if jobs[i::workers]]
     with mp.get_context("spawn").Pool(len(chunks)) as pool:
         pool.map(_precompile_worker, chunks)
@@ -497,7 +559,8 @@ def wgmma_use() -> dict[str, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--json", default=None, help="default: bench/results/<gpu-name>.json")
+    p.add_argument("--json", default=None,
+                   help="default: bench/results/gpu-<gpu-name>.json (dry run: dry-run.json)")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--nets", nargs="+", default=["wrn-32-4", "resnet-42"],
@@ -542,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     name = gpu_name() if device.type == "cuda" else "cpu-dry-run"  # a GPU's owner may dry-run
-    path = args.json or f"bench/results/{slug(name)}.json"
+    path = args.json or f"bench/results/{result_tag(name)}.json"
     import triton
 
     meta = {"gpu": name, "torch": torch.__version__, "triton": triton.__version__,
@@ -550,9 +613,10 @@ def main(argv: list[str] | None = None) -> int:
             "python": sys.version.split()[0], "units": 4, "settings": args.settings,
             "cudnn_benchmark": device.type == "cuda", "skipped": skipped,
             "timing": f"median: do_bench and do_bench_cudagraph, rep {args.rep_ms} ms",
+            "rows_planned": len(rows_todo), "budget_s": args.budget_s,
             "command": "python -m bench.gpu " + " ".join(
                 argv if argv is not None else sys.argv[1:])}
-    columns = [b for b in KERNELS if any(b in ks for ks in kernels.values())]
+    columns = [b for b in KERNELS if any(b in ks for ks in kernels.values())] + [AUTO]
     print(f"# sliced conv GPU benchmark: {name}, torch {torch.__version__}, triton "
           f"{triton.__version__}, k=4; ms = CUDA-graph replay median (eager where no graph)")
     print(header(columns))
@@ -571,8 +635,9 @@ def main(argv: list[str] | None = None) -> int:
                                  seconds=round(time.perf_counter() - start, 1)), rows)
     write_results(path, dict(meta, complete=complete,
                              seconds=round(time.perf_counter() - start, 1)), rows)
-    for k in columns:
+    for k in columns[:-1]:
         print(summary(rows, k))
+    print(auto_summary(rows))
     if args.diagnostics and "triton" in columns:
         write_results(args.diagnostics, {"gpu": name},
                       {"autotune": autotune_choices(), "wgmma": wgmma_use()})
