@@ -36,19 +36,29 @@ def latency(fns: Sequence[Callable[[], object]], *, repeats: int, warmup: int = 
             device: torch.device = torch.device("cpu")) -> list[float]:
     """Median wall time (s) of each ``fn()`` over ``repeats`` rounds after ``warmup`` rounds;
     the functions alternate within each round, so a noisy machine slows them alike."""
+    return [statistics.median(t) for t in latency_samples(fns, repeats=repeats, warmup=warmup,
+                                                          device=device)]
+
+
+def latency_samples(fns: Sequence[Callable[[], object]], *, repeats: int, warmup: int = 2,
+                    device: torch.device = torch.device("cpu")) -> list[list[float]]:
+    """Wall times (s) of each ``fn()`` in ``repeats`` rounds after ``warmup`` rounds; within
+    a round the functions run in turn, starting from a different one each round."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         for fn in fns:
             fn()
     sync()
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, t_fn in zip(fns, times):
+    n = len(fns)
+    for r in range(repeats):
+        for i in range(n):
+            j = (i + r) % n
             t = time.perf_counter()
-            fn()
+            fns[j]()
             sync()
-            t_fn.append(time.perf_counter() - t)
-    return [statistics.median(t_fn) for t_fn in times]
+            times[j].append(time.perf_counter() - t)
+    return times
 
 
 def machine(device: torch.device) -> str:
