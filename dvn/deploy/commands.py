@@ -191,11 +191,11 @@ def _infer(a) -> int:
         runtime, which = _default_runtime(a, path, level)
     files = image_files(a.images)
     x, readable, unreadable = read_readable(files, task)
-    for _, message in unreadable:
+    if x is None and len(unreadable) == 1:
+        raise ValueError(unreadable[0][1])
+    for _, message in unreadable:   # each its own line; the others are still predicted
         print(f"dvn infer: error: {message}", file=sys.stderr)
     if x is None:
-        if len(unreadable) == 1:
-            raise ValueError(unreadable[0][1])
         raise ValueError(f"images: none of the {len(files)} images could be read")
     run = load_runner(path, a.task, level, runtime, device=device)
     print(f"task {a.task} ({task.name}) at level {level}{why}: {cost['parameters']:,} "
