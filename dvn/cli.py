@@ -93,7 +93,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="results folder (default: the run folder)")
     p.add_argument("--test-subset", type=_positive)
     p.add_argument("--latency-batch", type=_positive, default=64)
-    p.add_argument("--repeats", type=_positive, default=10)
+    p.add_argument("--repeats", type=_positive, default=30, help="timed calls at batch 1, "
+                   "levels interleaved (default 30)")
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--data-root")
     p.add_argument("--threads", type=_positive)
