@@ -14,7 +14,8 @@ import hashlib
 import os
 import pickle
 import tempfile
-from typing import Any, Optional, Union
+from collections.abc import Callable
+from typing import Any, BinaryIO, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -56,18 +57,19 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def atomic_save(obj: Any, path: PathLike, *, keep_previous: bool = False) -> None:
-    """torch.save to a temporary file beside ``path``, flushed to disk, then renamed over it:
-    a crash never leaves a truncated file where a good one was. ``keep_previous`` first moves
-    the file being replaced to :func:`previous_path` (a crash between the two renames leaves
-    that one, which a resume falls back to)."""
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None], *,
+                 keep_previous: bool = False) -> None:
+    """Calls ``write(f)`` on a temporary file beside ``path``, flushes it to disk, then renames
+    it over ``path``: a crash never leaves a truncated file where a good one was.
+    ``keep_previous`` first moves the file being replaced to :func:`previous_path` (a crash
+    between the two renames leaves that one, which a resume falls back to)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         if keep_previous and os.path.isfile(path):
@@ -78,6 +80,11 @@ def atomic_save(obj: Any, path: PathLike, *, keep_previous: bool = False) -> Non
             os.unlink(tmp)
         raise
     _fsync_dir(folder)
+
+
+def atomic_save(obj: Any, path: PathLike, *, keep_previous: bool = False) -> None:
+    """torch.save, atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f), keep_previous=keep_previous)
 
 
 def digest(obj: Any) -> str:

@@ -4,6 +4,8 @@
     dvn train fmnist-joint --preset small --only 1:2 --out runs/fmnist-joint-t1l2  # baseline
     dvn eval runs/fmnist-joint --baseline runs/fmnist-joint-t1l2 ...
     dvn export runs/fmnist-joint --task 1 --level 1 --out t1l1.pt2
+    dvn export runs/fmnist-joint --task 1 --level 1 --out t1l1.onnx      # ONNX, checked in ORT
+    dvn export runs/fmnist-joint --all --format onnx --out onnx/         # every level + manifest
     dvn bench --units 2 4
     dvn profile runs/fmnist-joint                  # latency and memory of every (task, level)
     dvn infer runs/fmnist-joint --task 1 --budget-ms 2 images/
@@ -91,18 +93,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="results folder (default: the run folder)")
     p.add_argument("--test-subset", type=_positive)
     p.add_argument("--latency-batch", type=_positive, default=64)
-    p.add_argument("--repeats", type=_positive, default=10)
+    p.add_argument("--repeats", type=_positive, default=30, help="timed calls at batch 1, "
+                   "levels interleaved (default 30)")
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--data-root")
     p.add_argument("--threads", type=_positive)
     _common(p)
 
-    p = sub.add_parser("export", help="one (task, level) as a static torch.export program")
-    p.add_argument("run", help="run folder or checkpoint")
-    p.add_argument("--task", type=int, required=True)
-    p.add_argument("--level", type=int, required=True)
-    p.add_argument("--out", required=True, help="output file (.pt2)")
-    p.add_argument("--fold-bn", action="store_true", help="fold batch norms into convolutions")
+    p = sub.add_parser("export", help="one (task, level) as a static torch.export program "
+                       "or an ONNX model; --all: every level as ONNX, with a manifest",
+                       description="pt2: a torch.export program of the level. onnx: the level "
+                       "from the run's unit file, batch norms folded, a dynamic batch axis, "
+                       "checked against the model in ONNX Runtime before it is written (needs "
+                       "pip install -e '.[deploy]').")
+    p.add_argument("run", help="run folder or checkpoint (onnx: or a unit file)")
+    p.add_argument("--task", type=int)
+    p.add_argument("--level", type=int)
+    p.add_argument("--all", action="store_true", help="every (task, level) into the folder "
+                   "--out, with manifest.json (onnx)")
+    p.add_argument("--format", choices=["pt2", "onnx"], help="default: from --out's suffix "
+                   "(.onnx or --all: onnx, else pt2)")
+    p.add_argument("--opset", type=_positive, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--out", required=True, help="output file (.pt2, .onnx), or folder (--all)")
+    p.add_argument("--fold-bn", action="store_true", help="fold batch norms into convolutions "
+                   "(pt2; onnx always folds)")
     _common(p)
 
     p = sub.add_parser("bench", help="training throughput of the joint objective: sliced "
@@ -172,7 +186,55 @@ def _eval(a) -> int:
 
 
 def _export(a) -> int:
+    fmt = a.format or ("onnx" if a.all or a.out.lower().endswith(".onnx") else "pt2")
+    if a.all and (a.task is not None or a.level is not None):
+        raise ValueError("all: give --all or --task/--level, not both")
+    if not a.all and (a.task is None or a.level is None):
+        raise ValueError("task: give --task T --level L (or --all)")
+    if fmt == "onnx":
+        return _export_onnx(a)
+    if a.all:
+        raise ValueError("all: --all exports ONNX (--format onnx)")
+    if a.opset is not None:
+        raise ValueError("opset: --opset is for --format onnx")
+    return _export_pt2(a)
+
+
+def _export_onnx(a) -> int:
+    from .deploy import onnx
+    from .deploy.runs import unit_file
+    from .deploy.unitfile import UnitFile
+    onnx.require()
+    if a.backend is not None or a.device not in ("auto", "cpu"):
+        raise ValueError("device: ONNX export runs on the CPU (leave --device and --backend)")
+    path = unit_file(a.run)
+    if a.all:
+        if os.path.isfile(a.out):
+            raise ValueError(f"out: {a.out} is a file; --all writes into a folder")
+        say = None if a.quiet else (lambda m: print(f"  exporting {m}", file=sys.stderr,
+                                                    flush=True))
+        manifest = onnx.export_all(path, a.out, opset=a.opset, progress=say)
+        for m in manifest["models"]:
+            print(f"task {m['task']} level {m['level']}: {m['parameters']:,} parameters, "
+                  f"max |onnxruntime - model| = {m['max_abs_error']:.2e} -> "
+                  f"{os.path.join(a.out, m['file'])}")
+        print(f"wrote {os.path.join(a.out, onnx.MANIFEST)} (opset {manifest['opset']})")
+        return 0
+    with UnitFile(path) as f:
+        f.skeleton.networks.check(a.task, a.level)
+    if os.path.isdir(a.out):
+        raise ValueError(f"out: {a.out} is a folder; give a file name (.onnx)")
+    info = onnx.export_level(path, a.task, a.level, a.out, opset=a.opset)
+    print(f"task {a.task} level {a.level}: {info['parameters']:,} parameters, max |onnxruntime"
+          f" - model| = {info['max_abs_error']:.2e}, opset {info['opset']} -> {a.out} "
+          "(batch axis dynamic; input 'x', output 'logits')")
+    return 0
+
+
+def _export_pt2(a) -> int:
     import torch
+
+    from .checkpoint import atomic_write
     from .export import count_parameters, to_static
     from .results.evaluate import load_run
     from .training.config import resolve_device
@@ -187,10 +249,7 @@ def _export(a) -> int:
         diff = (static(x) - model(x, task=a.task, level=a.level)).abs().max().item()
     program = torch.export.export(static, (x,),
                                   dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(a.out)), ".tmp-" + os.path.basename(a.out))
-    torch.export.save(program, tmp)
-    os.replace(tmp, a.out)
+    atomic_write(a.out, lambda f: torch.export.save(program, f))
     print(f"task {a.task} level {a.level}: {count_parameters(model, a.task, a.level):,} "
           f"parameters, max |static - dynamic| = {diff:.2e} -> {a.out} "
           "(load with torch.export.load)")

@@ -52,7 +52,8 @@ def fails(capsys, argv):
 
 def test_profile_writes_the_table_of_every_config(run, capsys):
     folder, _ = run
-    assert main(["profile", folder, "--batch", "4", "--repeats", "2", "--quiet"]) == 0
+    assert main(["profile", folder, "--batch", "4", "--repeats", "2", "--quiet",
+                 "--runtime", "torch"]) == 0
     out = capsys.readouterr().out
     assert "| 2 (digits) | 2 |" in out and "batch 4 ms" in out
     table = json.load(open(os.path.join(folder, "profile.json")))
@@ -82,7 +83,7 @@ def test_infer_predicts_what_the_trained_model_predicts(run, capsys):
 
 def test_infer_picks_the_level_within_a_budget(run, capsys, tmp_path):
     folder, images = run
-    main(["profile", folder, "--batch", "2", "--repeats", "2", "--quiet"])
+    main(["profile", folder, "--batch", "2", "--repeats", "2", "--quiet", "--runtime", "torch"])
     capsys.readouterr()
     image = os.path.join(images, "img0.png")
     assert main(["infer", folder, "--task", "1", "--budget-ms", "1e6", image]) == 0

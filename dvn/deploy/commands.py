@@ -1,7 +1,7 @@
 """The deployment commands of the ``dvn`` CLI:
 
-    dvn profile RUN [--batch 64]          # latency and memory of every (task, level)
-    dvn infer RUN --task J (--level L | --budget-ms T | --budget-mb M) IMAGES...
+    dvn profile RUN [--batch 64] [--runtime torch compiled onnxruntime]
+    dvn infer RUN --task J (--level L | --budget-ms T | --budget-mb M) [--runtime R] IMAGES...
 
 RUN is a run folder (its unit file ``deploy.safetensors`` is written from ``checkpoint.pt`` on
 first use) or a unit file.
@@ -25,6 +25,21 @@ def _positive_number(value: str) -> float:
     return x
 
 
+def _runtime(value: str) -> str:
+    from .runtimes import RUNTIMES
+    if value not in RUNTIMES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(RUNTIMES)}, got "
+                                         f"{value!r}")
+    return value
+
+
+def default_runtimes() -> list[str]:
+    """What ``dvn profile`` measures without --runtime: eager PyTorch, and ONNX Runtime where
+    the deploy extra is installed (``compiled`` compiles every level: asked for by name)."""
+    from .runtimes import installed
+    return ["torch"] + (["onnxruntime"] if installed("onnxruntime") else [])
+
+
 def add_commands(sub, positive) -> None:
     """Adds ``profile`` and ``infer`` to the CLI's subparsers (``positive``: its int type)."""
     run_help = ("run folder (its unit file deploy.safetensors is written from checkpoint.pt "
@@ -36,7 +51,11 @@ def add_commands(sub, positive) -> None:
                        "and writes profile.json and profile.md beside the unit file.")
     p.add_argument("run", help=run_help)
     p.add_argument("--batch", type=positive, default=64, help="second batch size (default 64)")
-    p.add_argument("--repeats", type=positive, default=10, help="timed calls at batch 1")
+    p.add_argument("--repeats", type=positive, default=30, help="timed calls at batch 1 "
+                   "(default 30; a third of them at --batch)")
+    p.add_argument("--runtime", type=_runtime, nargs="+", metavar="R",
+                   help="runtimes to measure, of torch, compiled (torch.compile), onnxruntime "
+                   "(default: torch, and onnxruntime when installed)")
     p.add_argument("--out", help="folder for profile.json/.md (default: the unit file's)")
     p.add_argument("--threads", type=positive, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -57,6 +76,9 @@ def add_commands(sub, positive) -> None:
     p.add_argument("--budget-mb", type=_positive_number, metavar="M")
     p.add_argument("--profile", help="profile table for --budget-ms (default: profile.json "
                    "beside the unit file, written by dvn profile)")
+    p.add_argument("--runtime", type=_runtime, help="torch, compiled (torch.compile) or "
+                   "onnxruntime (default: the fastest one the run's profile measured for the "
+                   "level; torch without a profile)")
     p.add_argument("--batch-size", type=positive, default=64)
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.add_argument("--threads", type=positive, help="torch CPU threads")
@@ -72,8 +94,12 @@ def _profile(a) -> int:
     with UnitFile(path) as f:
         names = [t.name for t in f.tasks] if f.tasks else None
     say = None if a.quiet else (lambda m: print(f"  profiling {m}", file=sys.stderr, flush=True))
+    runtimes = a.runtime or default_runtimes()
+    if "onnxruntime" in runtimes:
+        from .onnx import require
+        require()
     table = profile(path, device=resolve_device(a.device), batch=a.batch, repeats=a.repeats,
-                    task_names=names, progress=say)
+                    task_names=names, runtimes=runtimes, progress=say)
     paths = table.save(a.out or os.path.dirname(os.path.abspath(path)))
     print(table.markdown())
     print(f"wrote {paths['json']}, {paths['markdown']}")
@@ -97,19 +123,51 @@ def _budget_profile(a, path: str, file):
     return table
 
 
+def _own_profile(a, path: str):
+    """The run's own profile when it was measured on this version of the unit file (for the
+    default runtime), else None."""
+    from .budget import Profile, file_id
+    where = a.profile or os.path.join(os.path.dirname(os.path.abspath(path)), "profile.json")
+    try:
+        table = Profile.load(where)
+    except (FileNotFoundError, ValueError):
+        return None
+    return table if a.profile or table.meta.get("file_id") == file_id(path) else None
+
+
+def _default_runtime(a, path: str, level: int) -> tuple[str, str]:
+    """(runtime, why): --runtime, else the fastest installed one the profile measured for
+    (task, level), else torch."""
+    from .budget import runtime_of
+    from .runtimes import installed
+    if a.runtime:
+        return a.runtime, ""
+    table = _own_profile(a, path)
+    rows = [r for r in (table.rows if table else []) if r["task"] == a.task
+            and r["level"] == level and r.get("latency_ms_b1") is not None
+            and installed(runtime_of(r))]
+    if not rows:
+        return "torch", ""
+    best = min(rows, key=lambda r: r["latency_ms_b1"])
+    return runtime_of(best), " (the fastest in the profile)" if len(rows) > 1 else ""
+
+
 def _infer(a) -> int:
     import torch
 
     from ..training.config import resolve_device
-    from .budget import choose_level
-    from .deployment import load_level, storage_bytes
-    from .images import image_files, read_images
+    from .budget import choose, memory_rows
+    from .images import image_files, read_readable
     from .runs import unit_file
+    from .runtimes import load as load_runner
     from .unitfile import UnitFile
     if a.level is not None and (a.budget_ms is not None or a.budget_mb is not None):
         raise ValueError("level: give --level or a budget (--budget-ms, --budget-mb), not both")
     if a.level is None and a.budget_ms is None and a.budget_mb is None:
         raise ValueError("level: give --level L, --budget-ms T or --budget-mb M")
+    if a.runtime == "onnxruntime":
+        from .onnx import require
+        require()
     path = unit_file(a.run)
     device = resolve_device(a.device)
     with UnitFile(path) as file:
@@ -119,32 +177,47 @@ def _infer(a) -> int:
             raise ValueError(f"run: {path} has no task input descriptions; write it with "
                              "dvn.deploy.save(model, path, tasks=...)")
         task = file.tasks[a.task - 1]
-        level, why = a.level, ""
+        level, why, chosen = a.level, "", None
         if level is None:
-            level = choose_level(_budget_profile(a, path, file), a.task, ms=a.budget_ms,
-                                 mb=a.budget_mb)
+            level, chosen = choose(_budget_profile(a, path, file), a.task, ms=a.budget_ms,
+                              mb=a.budget_mb, runtime=a.runtime if a.budget_ms else None)
             given = " and ".join(f"{v:g} {u}" for v, u in ((a.budget_ms, "ms"),
                                                            (a.budget_mb, "MB")) if v)
             why = f", the highest level within {given}"
+        cost = next(r for r in memory_rows(file) if (r["task"], r["level"]) == (a.task, level))
+    if a.runtime is None and a.budget_ms is not None:   # the runtime whose row fits
+        runtime, which = chosen, " (the fastest in the profile)"
+    else:
+        runtime, which = _default_runtime(a, path, level)
     files = image_files(a.images)
-    x = read_images(files, task).to(device)
-    model = load_level(path, a.task, level, device=device)
-    held = storage_bytes([*model.parameters(), *model.buffers()])
-    print(f"task {a.task} ({task.name}) at level {level}{why}: "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters, {held / 1e6:.2f} MB",
-          file=sys.stderr)
-    with torch.no_grad():
-        probs = torch.cat([model(x[i:i + a.batch_size]).softmax(1).cpu()
-                           for i in range(0, len(x), a.batch_size)])
+    x, readable, unreadable = read_readable(files, task)
+    if x is None and len(unreadable) == 1:
+        raise ValueError(unreadable[0][1])
+    for _, message in unreadable:   # each its own line; the others are still predicted
+        print(f"dvn infer: error: {message}", file=sys.stderr)
+    if x is None:
+        raise ValueError(f"images: none of the {len(files)} images could be read")
+    run = load_runner(path, a.task, level, runtime, device=device)
+    print(f"task {a.task} ({task.name}) at level {level}{why}: {cost['parameters']:,} "
+          f"parameters, {cost['memory_mb']:.2f} MB; runtime {runtime}{which}", file=sys.stderr)
+    x = x.to(device)
+    probs = torch.cat([run(x[i:i + a.batch_size]).softmax(1).cpu()
+                       for i in range(0, len(x), a.batch_size)])
     p, idx = probs.max(1)
     rows = [{"file": f, "class": int(c), "name": task.classes[int(c)] if task.classes else None,
-             "probability": round(float(q), 4)} for f, c, q in zip(files, idx, p)]
+             "probability": round(float(q), 4)} for f, c, q in zip(readable, idx, p)]
     if a.json:
-        print(json.dumps({"task": a.task, "level": level, "predictions": rows}, indent=1))
+        print(json.dumps({"task": a.task, "level": level, "runtime": runtime,
+                          "predictions": rows,
+                          "errors": [{"file": f, "error": m} for f, m in unreadable]}, indent=1))
     else:
         for r in rows:
             name = f"{r['name']} (class {r['class']})" if r["name"] else f"class {r['class']}"
             print(f"{r['file']}: {name}, p = {r['probability']:.3f}")
+    if unreadable:
+        print(f"dvn infer: {len(unreadable)} of {len(files)} images could not be read",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -101,20 +101,38 @@ def image_files(paths: Sequence[str]) -> list[str]:
     return files
 
 
-def read_images(files: Sequence[str], task: TaskInput) -> torch.Tensor:
-    """Image files as the task's network takes them: (N, channels, input_size, input_size)."""
+def read_image(file: str, task: TaskInput) -> torch.Tensor:
+    """One image file as uint8 (native_channels, h, w) at the task's native size; a file that
+    is not a readable image raises ValueError naming it."""
     from PIL import Image
     h, w = task.native_size
     mode = "L" if task.native_channels == 1 else "RGB"
-    batch = []
+    try:
+        with Image.open(file) as img:
+            img = img.convert(mode)
+            if img.size != (w, h):
+                img = img.resize((w, h), Image.BILINEAR)
+            data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for unreadable files
+        raise ValueError(f"images: cannot read {file} as an image ({e})") from None
+    return data.view(h, w, -1).permute(2, 0, 1)
+
+
+def read_images(files: Sequence[str], task: TaskInput) -> torch.Tensor:
+    """Image files as the task's network takes them: (N, channels, input_size, input_size);
+    the first unreadable file raises ValueError."""
+    return task.prepare(torch.stack([read_image(f, task) for f in files]))
+
+
+def read_readable(files: Sequence[str], task: TaskInput
+                  ) -> tuple[Optional[torch.Tensor], list[str], list[tuple[str, str]]]:
+    """The readable ones of ``files`` as ``read_images`` prepares them (None if none is),
+    the files they are, and (file, message) for each unreadable one."""
+    images, good, bad = [], [], []
     for f in files:
         try:
-            with Image.open(f) as img:
-                img = img.convert(mode)
-                if img.size != (w, h):
-                    img = img.resize((w, h), Image.BILINEAR)
-                data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for unreadable files
-            raise ValueError(f"images: cannot read {f} as an image ({e})") from None
-        batch.append(data.view(h, w, -1).permute(2, 0, 1))
-    return task.prepare(torch.stack(batch))
+            images.append(read_image(f, task))
+            good.append(f)
+        except ValueError as e:
+            bad.append((f, str(e)))
+    return (task.prepare(torch.stack(images)) if images else None), good, bad

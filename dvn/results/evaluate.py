@@ -36,19 +36,29 @@ def latency(fns: Sequence[Callable[[], object]], *, repeats: int, warmup: int = 
             device: torch.device = torch.device("cpu")) -> list[float]:
     """Median wall time (s) of each ``fn()`` over ``repeats`` rounds after ``warmup`` rounds;
     the functions alternate within each round, so a noisy machine slows them alike."""
+    return [statistics.median(t) for t in latency_samples(fns, repeats=repeats, warmup=warmup,
+                                                          device=device)]
+
+
+def latency_samples(fns: Sequence[Callable[[], object]], *, repeats: int, warmup: int = 2,
+                    device: torch.device = torch.device("cpu")) -> list[list[float]]:
+    """Wall times (s) of each ``fn()`` in ``repeats`` rounds after ``warmup`` rounds; within
+    a round the functions run in turn, starting from a different one each round."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         for fn in fns:
             fn()
     sync()
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, t_fn in zip(fns, times):
+    n = len(fns)
+    for r in range(repeats):
+        for i in range(n):
+            j = (i + r) % n
             t = time.perf_counter()
-            fn()
+            fns[j]()
             sync()
-            t_fn.append(time.perf_counter() - t)
-    return [statistics.median(t_fn) for t_fn in times]
+            times[j].append(time.perf_counter() - t)
+    return times
 
 
 def machine(device: torch.device) -> str:
@@ -80,9 +90,37 @@ def load_run(run: str, device: torch.device) -> tuple[nn.Module, TrainConfig, di
     return model_from(payload, path).to(device).eval(), run_config(payload, path), payload
 
 
+def _time_levels(model: nn.Module, rows: list[dict], s, backend: str, latency_batch: int,
+                 repeats: int, dev: torch.device, progress) -> None:
+    """Latency of each row's (task, level), sliced and masked, at batch 1 and
+    ``latency_batch``: a task's levels timed interleaved (each round calls every one once,
+    after warm-up), so that two runs agree; medians and [25th, 75th] percentiles."""
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = [r for r in rows if r["task"] == task]
+        size, ch = s.input_sizes[task - 1], s.channels[task - 1]
+        for b in (1, latency_batch):
+            if progress:
+                progress(f"task {task}: latency at batch {b}")
+            x = torch.randn(b, ch, size, size, device=dev)
+            fns = []
+            for r in mine:
+                for be in (backend, "masked"):
+                    fns.append(lambda lv=r["level"], be=be: model(x, task=task, level=lv,
+                                                                  backend=be))
+            reps = repeats if b == 1 else max(3, repeats // 3)
+            with torch.no_grad():
+                samples = latency_samples(fns, repeats=reps, device=dev)
+            for i, r in enumerate(mine):
+                for key, ts in ((f"latency_ms_b{b}", samples[2 * i]),
+                                (f"masked_ms_b{b}", samples[2 * i + 1])):
+                    ms = sorted(1e3 * t for t in ts)
+                    r[key] = statistics.median(ms)
+                    r[f"{key}_iqr"] = [ms[len(ms) // 4], ms[(3 * len(ms)) // 4]]
+
+
 def evaluate(run: str, *, device: str = "auto", backend: Optional[str] = None,
              test_subset: Optional[int] = None, batch_size: int = 256, latency_batch: int = 64,
-             repeats: int = 10, measure_latency: bool = True, data_root: Optional[str] = None,
+             repeats: int = 30, measure_latency: bool = True, data_root: Optional[str] = None,
              progress: Optional[Callable[[str], None]] = None) -> dict:
     """Evaluates every (task, level) the run trained (all of a DVN, one for an independent
     network) on its tasks' test splits. Returns a plain dict (rows plus run metadata)."""
@@ -109,19 +147,9 @@ def evaluate(run: str, *, device: str = "auto", backend: Optional[str] = None,
                "density": params / count_parameters(model, task, top),
                "accuracy": accuracy(model, loader, task, level, dev, backend),
                "test_images": len(splits[task])}
-        if measure_latency:
-            size, ch = s.input_sizes[task - 1], s.channels[task - 1]
-            for b in (1, latency_batch):
-                x = torch.randn(b, ch, size, size, device=dev)
-                with torch.no_grad():
-                    reps = repeats if b == 1 else max(3, repeats // 3)
-                    sliced, masked = latency(
-                        [lambda: model(x, task=task, level=level, backend=backend),
-                         lambda: model(x, task=task, level=level, backend="masked")],
-                        repeats=reps, device=dev)
-                row[f"latency_ms_b{b}"], row[f"masked_ms_b{b}"] = 1e3 * sliced, 1e3 * masked
         rows.append(row)
     if measure_latency:
+        _time_levels(model, rows, s, backend, latency_batch, repeats, dev, progress)
         for row in rows:
             full = next((r for r in rows if r["task"] == row["task"] and r["level"] == top), None)
             for b in (1, latency_batch):

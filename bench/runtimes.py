@@ -1,0 +1,156 @@
+"""Every level of task 1 on each runtime, against a plain ONNX Runtime session (issue 20).
+
+    python -m bench.runtimes --json bench/results/runtimes-<machine>.json
+    python -m bench.runtimes --nets wrn --threads 1 --batches 1     # a quick look
+
+Per network (ResNet-42, k = 4, 64x64, 50 classes; the main job's WRN-14-2, k = 2, 28x28 grey,
+10 classes: random weights and batch norm statistics), level, thread count and batch, side by
+side in one process (``bench.timing.time_side_by_side``: shuffled rounds, medians):
+
+* ``sliced``: the trained model's eager forward on the sliced kernels, ``model(x, task, level)``;
+* ``torch``: dvn's ``torch`` runtime (the level loaded alone, plain layers, eager);
+* ``onnxruntime``: dvn's ``onnxruntime`` runtime (the cached export, ``dvn.deploy.runtimes``);
+* ``compiled`` (``--compiled``, batch 1 only: each batch size compiles): ``torch.compile``;
+* ``plain_ort``: what a user does by hand: an ``InferenceSession`` with default options
+  (intra-op threads set to the same count) on the same exported file.
+
+Reported: medians in ms, dvn's fastest runtime / plain ORT, sliced / torch (static), and level
+1's speedup over the top level for each runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+
+import torch
+
+import dvn
+import dvn.deploy as dd
+from dvn.deploy import onnx as donnx
+from dvn.deploy import runtimes
+
+from .timing import time_side_by_side, write_results
+
+NETS = {
+    "resnet42": lambda: dvn.resnet(42, units=4, num_classes=50, input_sizes=64),
+    "wrn14-2": lambda: dvn.wrn(14, 2, units=2, num_classes=10, input_sizes=28,
+                               image_channels=1),
+}
+
+
+def _randomise_bn(model: torch.nn.Module) -> None:
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("running_mean"):
+                buf.copy_(torch.rand(buf.shape, generator=g) * 0.4 - 0.2)
+            elif name.endswith("running_var"):
+                buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+
+
+def bench_net(name: str, folder: str, threads: list[int], batches: list[int], repeats: int,
+              compiled: bool, say) -> list[dict]:
+    torch.manual_seed(0)
+    model = NETS[name]().eval()
+    _randomise_bn(model)
+    path = os.path.join(folder, f"{name}.safetensors")
+    dd.save(model, path)
+    k = model.networks.units
+    size, ch = model.input_sizes[0], model.image_channels[0]
+    rows = []
+    for level in range(1, k + 1):
+        say(f"{name} level {level}: exporting and loading")
+        torch.set_num_threads(max(threads))
+        run = {rt: runtimes.load(path, 1, level, rt) for rt in ("torch", "onnxruntime")}
+        plain_file = donnx.cache_path(path, 1, level)
+        if compiled:
+            run["compiled"] = runtimes.load(path, 1, level, "compiled")
+        for n in threads:
+            torch.set_num_threads(n)
+            import onnxruntime as ort
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = n
+            plain = ort.InferenceSession(plain_file, so, providers=["CPUExecutionProvider"])
+            dvn_ort = runtimes.load(path, 1, level, "onnxruntime")  # this thread count
+            for b in batches:
+                x = torch.randn(b, ch, size, size)
+                xn = x.numpy()
+                fns = {"sliced": lambda: model(x, task=1, level=level),
+                       "torch": lambda: run["torch"](x),
+                       "onnxruntime": lambda: dvn_ort(x),
+                       "plain_ort": lambda: plain.run(None, {"x": xn})}
+                if compiled and b == 1:
+                    fns["compiled"] = lambda: run["compiled"](x)
+                reps = repeats if b == 1 else max(3, repeats // 8)
+                say(f"{name} level {level}, {n} thread(s), batch {b}: {reps} rounds")
+                with torch.no_grad():
+                    med = time_side_by_side(fns, repeats=reps, warmup=2)
+                ms = {k_: 1e3 * v for k_, v in med.items()}
+                dvn_best = min((rt for rt in ms if rt not in ("sliced", "plain_ort")),
+                               key=ms.get)
+                rows.append({"net": name, "level": level, "threads": n, "batch": b,
+                             "rounds": reps, "ms": ms, "dvn_fastest": dvn_best,
+                             "fastest_over_plain_ort": ms[dvn_best] / ms["plain_ort"],
+                             "sliced_over_static": ms["sliced"] / ms["torch"]})
+    for r in rows:
+        top = next(t for t in rows if t["net"] == r["net"] and t["level"] == k
+                   and t["threads"] == r["threads"] and t["batch"] == r["batch"])
+        if r["level"] == 1:
+            r["level1_speedup"] = {rt: top["ms"][rt] / r["ms"][rt] for rt in r["ms"]}
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| net | threads | batch | level | sliced ms | torch ms | compiled ms | "
+             "onnxruntime ms | plain ORT ms | dvn fastest / plain ORT | sliced / static |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r["ms"]
+        c = f"{m['compiled']:.2f}" if "compiled" in m else "-"
+        lines.append(f"| {r['net']} | {r['threads']} | {r['batch']} | {r['level']} | "
+                     f"{m['sliced']:.2f} | {m['torch']:.2f} | {c} | {m['onnxruntime']:.2f} | "
+                     f"{m['plain_ort']:.2f} | {r['fastest_over_plain_ort']:.2f} "
+                     f"({r['dvn_fastest']}) | {r['sliced_over_static']:.2f} |")
+    lines += ["", "| net | threads | batch | level-1 speedup over the top level: " +
+              " / ".join(["sliced", "torch", "onnxruntime", "plain ORT"]) + " |",
+              "|---|---|---|---|"]
+    for r in rows:
+        if "level1_speedup" in r:
+            s = r["level1_speedup"]
+            lines.append(f"| {r['net']} | {r['threads']} | {r['batch']} | " + " / ".join(
+                f"{s[k]:.1f}x" for k in ("sliced", "torch", "onnxruntime", "plain_ort")) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--repeats", type=int, default=30, help="rounds at batch 1 (an eighth, "
+                   "at least 3, at larger batches)")
+    p.add_argument("--compiled", action="store_true", help="also torch.compile (batch 1)")
+    p.add_argument("--json", help="write the rows here")
+    a = p.parse_args(argv)
+    from dvn.results.evaluate import machine
+    say = lambda m: print(f"  {m}", file=sys.stderr, flush=True)  # noqa: E731
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for net in a.nets:
+            rows += bench_net(net, folder, a.threads, a.batches, a.repeats, a.compiled, say)
+    print(markdown(rows))
+    if a.json:
+        import onnxruntime
+        write_results(a.json, {"command": "python -m bench.runtimes " + " ".join(
+            argv if argv is not None else sys.argv[1:]), "machine": machine(torch.device("cpu")),
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "load_average": os.getloadavg(), "note": "shared 2-core machine: noisy"}, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
