@@ -11,8 +11,9 @@ side in one process (``bench.timing.time_side_by_side``: shuffled rounds, median
 * ``torch``: dvn's ``torch`` runtime (the level loaded alone, plain layers, eager);
 * ``onnxruntime``: dvn's ``onnxruntime`` runtime (the cached export, ``dvn.deploy.runtimes``);
 * ``compiled`` (``--compiled``, batch 1 only: each batch size compiles): ``torch.compile``;
-* ``plain_ort``: what a user does by hand: an ``InferenceSession`` with default options
-  (intra-op threads set to the same count) on the same exported file.
+* ``plain_ort``: what a user does by hand: an ``InferenceSession`` with default options on
+  the same exported file, but the same intra-op thread count and thread spinning off
+  (``session.intra_op.allow_spinning`` = 0), so both sides get the same cores.
 
 Reported: medians in ms, dvn's fastest runtime / plain ORT, sliced / torch (static), and level
 1's speedup over the top level for each runtime.
@@ -74,6 +75,7 @@ def bench_net(name: str, folder: str, threads: list[int], batches: list[int], re
             import onnxruntime as ort
             so = ort.SessionOptions()
             so.intra_op_num_threads = n
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             plain = ort.InferenceSession(plain_file, so, providers=["CPUExecutionProvider"])
             dvn_ort = runtimes.load(path, 1, level, "onnxruntime")  # this thread count
             for b in batches:
