@@ -22,14 +22,22 @@ Sections (the targets of issue 14):
   1, batch 1 and 16, side by side: medians, and the median of the per-round ratios.
 * threads: 4 threads calling different (task, level)s of one deployment; outputs compared
   with single-threaded ones.
+* memory (not run by default: it exports k x k levels to ONNX, minutes): every (task, level)
+  served at once, each way measured in a fresh process as resident memory (VmRSS) after
+  loading and one batch-1 call of each configuration, minus the process's resident memory
+  after its imports: one shared-weight ``Deployment`` of all k x k configurations, k x k
+  separately loaded static levels (``load_level``), and k x k ONNX Runtime sessions on the
+  levels' exports (one thread each, as ``dvn infer`` makes them).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import json
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -297,6 +305,66 @@ def thread_rows(units: str, threads: int = 4, calls: int = 8) -> dict:
     return {"threads": threads, "calls": done[0], "configs": configs, "unequal": len(bad)}
 
 
+# Run in a fresh interpreter: prints {"base": rss after imports, "loaded": rss after loading
+# and one call of every configuration} in bytes. argv: kind, unit file, export folder.
+_MEMORY_CHILD = r"""
+import json, sys
+import torch
+torch.set_num_threads(1)
+import dvn.deploy as dd
+from dvn.deploy import onnx as donnx
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+kind, units, folder = sys.argv[1:4]
+with dd.UnitFile(units) as f:
+    configs = list(f.skeleton.networks.configs())
+x = torch.randn(1, 3, %d, %d)
+if kind == "onnxruntime":
+    import onnxruntime
+base = rss()
+keep = []
+with torch.no_grad():
+    if kind == "shared":
+        dep = dd.Deployment(units, configs)
+        keep.append(dep)
+        for t, lv in configs:
+            dep(x, t, lv)
+    elif kind == "static":
+        for t, lv in configs:
+            m = dd.load_level(units, t, lv)
+            keep.append(m)
+            m(x)
+    else:
+        for t, lv in configs:
+            s = donnx.session(f"{folder}/{donnx.level_name(t, lv)}", threads=1)
+            keep.append(s)
+            donnx.run_session(s, x)
+print(json.dumps({"base": base, "loaded": rss(), "configs": len(configs)}))
+""" % (SIZE, SIZE)
+
+
+def memory_rows(model, units: str, folder: str) -> dict:
+    """Resident memory of serving every (task, level) at once: shared weights, separate static
+    levels, separate ONNX Runtime sessions (each measured in a fresh process)."""
+    from dvn.deploy import onnx as donnx
+    exports = os.path.join(folder, "onnx")
+    donnx.export_all(units, exports)
+    configs = list(model.networks.configs())
+    out = {"configs": len(configs),
+           "parameter_bytes_full": 4 * sum(p.numel() for p in model.parameters()),
+           "parameter_bytes_sum_of_levels": 4 * sum(
+               dvn.count_parameters(model, t, lv) for t, lv in configs)}
+    for kind in ("shared", "static", "onnxruntime"):
+        r = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, kind, units, exports],
+                           capture_output=True, text=True, timeout=1800)
+        if r.returncode != 0:
+            raise RuntimeError(f"memory ({kind}): {r.stderr[-2000:]}")
+        got = json.loads(r.stdout.strip().splitlines()[-1])
+        out[kind] = {"resident_bytes": got["loaded"] - got["base"], "base_bytes": got["base"]}
+    return out
+
+
 def table(title: str, columns: list[str], rows: list[list[str]]) -> list[str]:
     """A markdown table under a heading."""
     return [f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
@@ -361,11 +429,23 @@ def threads_table(t: dict) -> list[str]:
             f"configurations: {t['unequal']} outputs differ from the single-threaded ones"]
 
 
+def memory_table(m: dict) -> list[str]:
+    rows = [[kind, f"{m[kind]['resident_bytes'] / MB:.0f}",
+             f"{m[kind]['resident_bytes'] / m['parameter_bytes_full']:.2f}"]
+            for kind in ("shared", "static", "onnxruntime")]
+    return table(f"memory: all {m['configs']} (task, level)s served at once (full parameters "
+                 f"{m['parameter_bytes_full'] / MB:.0f} MB, sum of the levels' "
+                 f"{m['parameter_bytes_sum_of_levels'] / MB:.0f} MB)",
+                 ["served as", "resident MB", "/ full parameters"], rows)
+
+
 TABLES = {"layout": layout_table, "load": load_table, "grow": grow_table,
-          "shared": shared_table, "latency": latency_table, "threads": threads_table}
+          "shared": shared_table, "latency": latency_table, "threads": threads_table,
+          "memory": memory_table}
 
 
 SECTIONS = tuple(TABLES)
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "memory")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--repeats", type=int, default=41, help="timed rounds at batch 1")
     p.add_argument("--depth", type=int, default=42, help="ResNet depth (default 42)")
-    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    p.add_argument("--sections", nargs="+", default=list(DEFAULT_SECTIONS),
+                   choices=list(SECTIONS))
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--dir", default=None, help="folder for the model files (default: a "
                    "temporary folder; 250 MB)")
@@ -396,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
                     "grow": lambda: grow_rows(model, units, file),
                     "shared": lambda: shared_rows(model, units, args.repeats),
                     "latency": lambda: latency_rows(model, units, args.repeats),
-                    "threads": lambda: thread_rows(units)}
+                    "threads": lambda: thread_rows(units),
+                    "memory": lambda: memory_rows(model, units, folder)}
         for name in args.sections:
             t = time.perf_counter()
             results[name] = sections[name]()
