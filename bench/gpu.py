@@ -54,7 +54,7 @@ import torch.nn.functional as F
 
 import dvn_kernels
 from bench.conv import ConvCase
-from bench.gpu_summary import ERROR_BOUND  # relative error bounds against compact cuDNN
+from bench.gpu_summary import ERROR_BOUND, auto_line  # error bounds vs compact cuDNN
 from bench.timing import write_results
 from dvn_kernels.channels import scatter_channels, take_channels
 
@@ -470,18 +470,6 @@ def summary(rows: list[dict], kernel: str) -> str:
         f"{sum(1 for r in rows if kernel in r['error'])}"])
 
 
-def auto_summary(rows: list[dict]) -> str:
-    """The target of ``auto``: never more than 5% slower than slice + cuDNN (reference)."""
-    vals = [(r["ratios"][f"slice/{AUTO}"], r) for r in rows if f"slice/{AUTO}" in r["ratios"]]
-    if not vals:
-        return "# auto >= 0.95x slice + cuDNN on every row: no rows"
-    worst, r = min(vals, key=lambda v: v[0])
-    slow = sum(1 for v, _ in vals if v < 0.95)
-    return (f"# auto >= 0.95x slice + cuDNN on every row: worst {worst:.2f}x ({r['net']} "
-            f"{r['name']} level {r['level']} {r['setting']} {r['mode']}), {slow} of {len(vals)} "
-            f"rows under 0.95x")
-
-
 def gpu_name() -> str:
     """The GPU's name; ``cpu-dry-run`` without one (the name of a dry run's results)."""
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu-dry-run"
@@ -637,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
                              seconds=round(time.perf_counter() - start, 1)), rows)
     for k in columns[:-1]:
         print(summary(rows, k))
-    print(auto_summary(rows))
+    print(f"# {auto_line(rows)}")
     if args.diagnostics and "triton" in columns:
         write_results(args.diagnostics, {"gpu": name},
                       {"autotune": autotune_choices(), "wgmma": wgmma_use()})
