@@ -150,9 +150,16 @@ class Scheduler:
                     self._cond.wait()
                 if not self._pending:  # closing and drained
                     return
-                task, level, batch = self._take()
-                self._busy_ms = self._latency.ms(task, level, len(batch))
-                self.metrics.queue_depth(len(self._pending))
+                try:
+                    task, level, batch = self._take()
+                    self._busy_ms = self._latency.ms(task, level, len(batch))
+                except Exception as e:  # never lose the worker: fail what it could not place
+                    for r in self._pending:
+                        r.future.set_exception(e)
+                    self._pending.clear()
+                    continue
+                finally:
+                    self.metrics.queue_depth(len(self._pending))
             self._execute(task, level, batch)
             self._busy_ms = 0.0
 
