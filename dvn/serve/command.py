@@ -48,6 +48,8 @@ def add_command(sub, positive) -> None:
                    "file when current, else measured at start-up)")
     p.add_argument("--replicas", type=positive, help="serve with Ray Serve, this many replicas "
                    "(each holds one copy of the weights)")
+    p.add_argument("--separate-models", action="store_true", help="load every (task, level) "
+                   "alone, k x k copies of the weights (the baseline bench.serve compares with)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--threads", type=positive, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -83,7 +85,7 @@ def options(a) -> dict:
         raise ValueError(f"margin-ms: must be zero or more, got {a.margin_ms}")
     return dict(device=str(resolve_device(a.device)), max_batch=a.max_batch,
                 max_queue=a.max_queue, profile=a.profile, margin_ms=a.margin_ms,
-                max_body_bytes=int(a.max_body_mb * 1e6))
+                max_body_bytes=int(a.max_body_mb * 1e6), separate=a.separate_models)
 
 
 def serve(a: argparse.Namespace) -> int:
@@ -105,9 +107,10 @@ def serve(a: argparse.Namespace) -> int:
     app = create_app(service)
     host, port = sock.getsockname()[:2]
     held = service.dep.bytes_held() / 1e6
-    log(f"{service.path}: {len(service.tasks)} tasks x levels {service.levels} on one copy "
-        f"of the weights ({service.dep.parameters_held():,} parameters, {held:.2f} MB), "
-        f"loaded in {service.startup_s:.1f} s")
+    copies = "one copy of the weights" if not a.separate_models else "separate copies"
+    log(f"{service.path}: {len(service.tasks)} tasks x levels {service.levels} on {copies} "
+        f"({service.dep.parameters_held():,} parameters, {held:.2f} MB), loaded in "
+        f"{service.startup_s:.1f} s")
     where = f"[{host}]" if ":" in host else host
     log(f"listening on http://{where}:{port} (POST /v1/predict, GET /v1/models, /healthz, "
         "/metrics; Ctrl-C to stop)")

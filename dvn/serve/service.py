@@ -14,7 +14,7 @@ from typing import Optional, Union
 import torch
 
 from ..deploy.budget import Profile, file_id
-from ..deploy.deployment import Deployment
+from ..deploy.deployment import Deployment, load_level, storage_bytes
 from .metrics import Metrics
 from .policy import LatencyModel
 from .scheduler import Request, Scheduler
@@ -43,6 +43,31 @@ def measure_profile(dep: Deployment, batch: int, repeats: int = 5) -> Profile:
                           "device": str(dep.device), "torch": torch.__version__})
 
 
+class SeparateModels:
+    """Every (task, level) loaded alone (``load_level``): k x k separate copies of the weights,
+    called like a ``Deployment``; the baseline ``bench.serve`` compares one shared copy with."""
+
+    def __init__(self, file, configs, device: Union[str, torch.device] = "cpu") -> None:
+        self.file, self.device = file, torch.device(device)
+        self.model = file.skeleton  # meta device: the spec's input sizes and channels
+        self.configs = frozenset(configs)
+        self.models = {c: load_level(file.path, *c, device=self.device) for c in sorted(configs)}
+
+    def __call__(self, x: torch.Tensor, task: int, level: int) -> torch.Tensor:
+        with torch.no_grad():
+            return self.models[(task, level)](x)
+
+    def parameters_held(self) -> int:
+        return sum(p.numel() for m in self.models.values() for p in m.parameters())
+
+    def bytes_held(self) -> int:
+        return storage_bytes([t for m in self.models.values()
+                              for t in (*m.parameters(), *m.buffers())])
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def find_profile(path: str, given: Optional[str] = None) -> Optional[Profile]:
     """``given``, else ``profile.json`` beside the unit file when it was measured for this
     version of it (``dvn profile``); None when there is none."""
@@ -62,13 +87,14 @@ class Service:
 
     ``run``: a run folder or unit file; ``profile``: a profile table (default: the run's own
     when current, else measured at start-up on the deployment); ``max_batch`` / ``max_queue``:
-    the batcher's bounds.
+    the batcher's bounds; ``separate``: load every (task, level) alone instead (k x k copies
+    of the weights: the baseline of ``bench.serve``).
     """
 
     def __init__(self, run: str, *, device: Union[str, torch.device] = "cpu",
                  max_batch: int = 16, max_queue: int = 256, profile: Optional[str] = None,
                  margin_ms: float = 1.0, max_body_bytes: int = 8 << 20,
-                 say=None) -> None:
+                 separate: bool = False, say=None) -> None:
         from ..deploy.runs import unit_file
         from ..deploy.unitfile import UnitFile
         say = say or (lambda m: None)
@@ -82,7 +108,8 @@ class Service:
                              "dvn.deploy.save(model, path, tasks=...)")
         networks = file.skeleton.networks
         configs = sorted(networks.configs())
-        self.dep = Deployment(file, configs, device=device)
+        self.dep = SeparateModels(file, configs, device) if separate else \
+            Deployment(file, configs, device=device)
         self.tasks = {j: file.tasks[j - 1] for j in sorted({t for t, _ in configs})}
         self.levels = {j: sorted(lv for t, lv in configs if t == j) for j in self.tasks}
         self.max_body_bytes = max_body_bytes
