@@ -43,14 +43,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "results", "cpu-epyc-2core", "fmnist-joint", "results.json")
 
 
-def stand_in(folder: str) -> str:
-    """fmnist-joint's small-preset architecture (WRN-14-2, k = 2; Fashion-MNIST 28x28 and
-    digits 8x8 -> 16x16, grey) with random weights, as a unit file with its tasks' inputs."""
+def stand_in(folder: str, preset: str = "small") -> str:
+    """fmnist-joint's architecture at ``preset`` (small: WRN-14-2, full: WRN-14-4; k = 2;
+    Fashion-MNIST 28x28 and digits 8x8 -> 16x16, grey) with random weights, as a unit file
+    with its tasks' inputs."""
     import dvn.deploy as dd
     from dvn import backbones
     from dvn.data.loading import MEAN_STD
     from dvn.training.scenarios import get_scenario
-    s = get_scenario("fmnist-joint", "small")
+    s = get_scenario("fmnist-joint", preset)
     torch.manual_seed(0)
     model = backbones.build(s.backbone_spec([10, 10], "auto")).eval()
     tasks = [dd.TaskInput("fmnist", 1, (28, 28), s.input_sizes[0], 1, *MEAN_STD["fashion-mnist"],
@@ -167,19 +168,29 @@ def summarize(records: list[dict], deadline_ms: float, acc: dict, b1: dict, span
         if added:
             out["p99_added_ms_batch1"] = added[min(len(added) - 1, int(0.99 * len(added)))]
             out["p50_added_ms_batch1"] = added[len(added) // 2]
+            # the server's own part: its handler's arrival to the answer, minus the profile
+            inside = sorted(r["server_ms"] - b1[(r["task"], r["level"])] for r in ok
+                            if r.get("batch") == 1)
+            out["p99_server_added_ms_batch1"] = inside[min(len(inside) - 1,
+                                                           int(0.99 * len(inside)))]
+            out["p50_server_added_ms_batch1"] = inside[len(inside) // 2]
         out["mean_batch"] = statistics.fmean(r["batch"] for r in ok)
     return out
 
 
-def start_server(unit: str, extra: list[str], max_batch: int, max_queue: int):
+def start_server(unit: str, extra: list[str], max_batch: int, max_queue: int, margin_ms: float):
     from tests.serve_helpers import ServerProcess
     return ServerProcess([unit, "--max-batch", str(max_batch), "--max-queue", str(max_queue),
-                          "--threads", "1", *extra], timeout=300)
+                          "--threads", "1", "--margin-ms", str(margin_ms), *extra], timeout=300)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", help="a run folder or unit file (default: the stand-in)")
+    p.add_argument("--stand-in", default="small", choices=["small", "full"],
+                   help="without --run: fmnist-joint's architecture at this preset (small: "
+                   "WRN-14-2, whose accuracy results/ holds; full: WRN-14-4, 4x the compute, "
+                   "no measured accuracy)")
     p.add_argument("--results", help="results.json with each level's accuracy (default: the "
                    "run's, else the committed fmnist-joint small-preset results)")
     p.add_argument("--requests", type=int, default=4000, help="most requests per mode")
@@ -191,6 +202,7 @@ def main(argv=None) -> int:
     p.add_argument("--deadline-ms", type=float, default=50.0)
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-queue", type=int, default=512)
+    p.add_argument("--margin-ms", type=float, default=1.0, help="the server's --margin-ms")
     p.add_argument("--modes", nargs="+", default=["deadline", "top", "level1", "separate"])
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
@@ -199,9 +211,10 @@ def main(argv=None) -> int:
     import dvn.deploy as dd
 
     with tempfile.TemporaryDirectory() as folder:
-        unit = dd.runs.unit_file(a.run) if a.run else stand_in(folder)
+        unit = dd.runs.unit_file(a.run) if a.run else stand_in(folder, a.stand_in)
         results = a.results or (os.path.join(a.run, "results.json") if a.run and os.path.isfile(
-            os.path.join(a.run, "results.json")) else RESULTS)
+            os.path.join(a.run, "results.json")) else RESULTS if a.stand_in == "small" and
+            not a.run else "")
         acc = accuracies(results) if os.path.isfile(results) else {}
         with dd.UnitFile(unit) as f:
             specs = f.tasks
@@ -218,7 +231,8 @@ def main(argv=None) -> int:
                 for s in servers.values():
                     s.stop()
                 servers = {kind: start_server(unit, ["--separate-models"] if kind == "separate"
-                                              else [], a.max_batch, a.max_queue)}
+                                              else [], a.max_batch, a.max_queue,
+                                              a.margin_ms)}
             server = servers[kind]
             import httpx
             models = httpx.get(server.url + "/v1/models", timeout=30).json()
@@ -247,11 +261,13 @@ def main(argv=None) -> int:
     meta = {"machine": f"{machine_name()} ({os.cpu_count()} cores, shared)",
             "command": "python -m bench.serve " + " ".join(argv if argv is not None
                                                             else sys.argv[1:]),
-            "torch": torch.__version__, "accuracy_from": os.path.relpath(results, ROOT),
+            "torch": torch.__version__, "model": a.run or f"fmnist-joint {a.stand_in} stand-in "
+            "(random weights)",
+            "accuracy_from": os.path.relpath(results, ROOT) if acc else None,
             "trace": {"requests": len(events), "seconds": span, "light_rps": a.light_rps,
                       "burst_rps": a.burst_rps, "light_s": a.light_s, "burst_s": a.burst_s,
                       "deadline_ms": a.deadline_ms},
-            "max_batch": a.max_batch, "unit_file_bytes": top_bytes,
+            "max_batch": a.max_batch, "margin_ms": a.margin_ms, "unit_file_bytes": top_bytes,
             "load_average": os.getloadavg()}
     print(markdown(meta, rows))
     if a.json:
@@ -265,18 +281,22 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     lines = [f"{meta['machine']}, torch {meta['torch']}: {t['requests']} requests over "
              f"{t['seconds']:.1f} s, light {t['light_rps']:g}/s for {t['light_s']:g} s and "
              f"bursts {t['burst_rps']:g}/s for {t['burst_s']:g} s, deadline {t['deadline_ms']:g} "
-             f"ms; accuracy from {meta['accuracy_from']}.", "",
+             f"ms; {meta['model']}; accuracy from {meta['accuracy_from']}.", "",
              "| mode | attainment (all / light / burst) | mean accuracy (all / light / burst) | "
-             "throughput /s | mean batch | levels | p99 added ms at batch 1, light | RSS MB "
-             "(peak) | weights held MB |", "|---|---|---|---|---|---|---|---|---|"]
+             "throughput /s | mean batch | levels | added ms at batch 1, light: p50 / p99 "
+             "end to end, p50 / p99 in the server | RSS MB (peak) | weights held MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f = lambda key, d=2: " / ".join("-" if r[p].get(key) is None else   # noqa: E731
                                         f"{r[p][key] * (100 if key == 'attainment' else 1):.{d}f}"
                                         for p in ("all", "light", "burst"))
-        add = r["light"].get("p99_added_ms_batch1")
+        lt = r["light"]
+        add = None if lt.get("p99_added_ms_batch1") is None else (
+            f"{lt['p50_added_ms_batch1']:.1f} / {lt['p99_added_ms_batch1']:.1f}, "
+            f"{lt['p50_server_added_ms_batch1']:.1f} / {lt['p99_server_added_ms_batch1']:.1f}")
         lines.append(f"| {r['mode']} | {f('attainment', 1)} % | {f('mean_accuracy')} | "
                      f"{r['all']['throughput_rps']:.0f} | {r['all'].get('mean_batch', 0):.1f} | "
-                     f"{r['all']['levels']} | {'-' if add is None else f'{add:.2f}'} | "
+                     f"{r['all']['levels']} | {add or '-'} | "
                      f"{r['rss_mb']:.0f} ({r['peak_rss_mb']:.0f}) | {r['held_mb']:.2f} |")
     return "\n".join(lines)
 
