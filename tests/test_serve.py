@@ -163,6 +163,10 @@ LARGE = b'{"task": 1, "pixels": [' + b"0," * 300_000 + b"0]}"
     (b'{"task": 1, "pixels": [[0]], "dealine_ms": 5}', 422, "dealine_ms"),
     (b'[{"task": 1, "pixels": [[0]]}, {"task": 9, "pixels": [[0]]}]', 404, "[1].task"),
     (LARGE, 413, "body"),
+    (b"[" * 100_000 + b"]" * 100_000, 400, "body"),
+    (b'{"task": 1, "pixels": ' + b"[" * 500 + b"0" + b"]" * 500 + b"}", 422, "pixels"),
+    (b'{"task": 1, "pixels": [[1e400]]}', 422, "pixels"),
+    (b'{"task": 1, "pixels": [[true, null]]}', 422, "pixels"),
 ])
 def test_bad_input_is_a_4xx_naming_the_field(server, body, status, field):
     r = post(server.url, body)

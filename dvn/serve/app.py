@@ -72,6 +72,12 @@ def create_app(service: "Service", *, close_on_shutdown: bool = True) -> "FastAP
         service.metrics.error(e.status)
         return JSONResponse(e.body(), e.status)
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception):
+        service.metrics.error(500)
+        return JSONResponse({"error": {"field": "server", "message":
+                                       f"internal error: {type(e).__name__}: {e}"}}, 500)
+
     @app.post("/v1/predict")
     async def predict(request: Request) -> Any:
         arrived = time.perf_counter()
@@ -80,6 +86,8 @@ def create_app(service: "Service", *, close_on_shutdown: bool = True) -> "FastAP
             data = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError("body", f"invalid JSON ({e})", 400) from None
+        except RecursionError:
+            raise InputError("body", "JSON nested too deeply", 400) from None
         requests, many = parse(data, service.tasks, service.levels, now=arrived,
                                max_items=service.scheduler.max_queue)
         try:

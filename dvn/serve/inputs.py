@@ -140,9 +140,9 @@ def decode_pixels(value: Any, spec: TaskInput, field: str) -> torch.Tensor:
     from PIL import Image
     try:
         t = torch.tensor(value, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise InputError(field, f"expected a nested list of numbers H x W or H x W x C ({e})") \
-            from None
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:  # RecursionError too
+        raise InputError(field, f"expected a nested list of numbers H x W or H x W x C "
+                         f"({type(e).__name__}: {str(e)[:200]})") from None
     if t.dim() == 3 and t.shape[2] == 1:
         t = t[..., 0]
     if t.dim() not in (2, 3) or (t.dim() == 3 and t.shape[2] != 3) or min(t.shape) < 1:
