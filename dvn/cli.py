@@ -9,6 +9,7 @@
     dvn bench --units 2 4
     dvn profile runs/fmnist-joint                  # latency and memory of every (task, level)
     dvn infer runs/fmnist-joint --task 1 --budget-ms 2 images/
+    dvn serve runs/fmnist-joint --port 8000       # HTTP, every task and level, one weight copy
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list scenarios and presets")
     from .deploy.commands import add_commands
     add_commands(sub, _positive)  # profile, infer
+    from .serve.command import add_command as add_serve
+    add_serve(sub, _positive)
     return top
 
 
@@ -309,7 +312,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(threads)
     try:
         from .deploy.commands import HANDLERS as deploy_handlers
-        return {"train": _train, "eval": _eval, "export": _export, "bench": _bench,
+        from .serve.command import serve
+        return {"serve": serve, "train": _train, "eval": _eval, "export": _export, "bench": _bench,
                 "list": _list, **deploy_handlers}[a.command](a)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
         p.exit(2, f"dvn {a.command}: error: {e}\n")

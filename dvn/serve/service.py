@@ -1,0 +1,176 @@
+"""What a server holds: the run's unit file loaded once (every task at every level on one copy
+of the weights), its tasks' input descriptions, the latency profile and the batcher.
+
+Independent of HTTP: ``app.create_app`` puts it behind FastAPI, ``replicas`` behind Ray Serve.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Optional, Union
+
+import torch
+
+from ..deploy.budget import Profile, file_id
+from ..deploy.deployment import Deployment, load_level, storage_bytes
+from .metrics import Metrics
+from .policy import LatencyModel
+from .scheduler import Request, Scheduler
+
+
+def measure_profile(dep: Deployment, batch: int, repeats: int = 5) -> Profile:
+    """Batch-1 and batch-``batch`` latency (ms, medians after one warm-up call) of every
+    deployed (task, level), measured on the deployment itself: quick, for a server whose
+    run has no ``profile.json``."""
+    rows = []
+    model = dep.model
+    for task, level in sorted(dep.configs):
+        size, ch = model.input_sizes[task - 1], model.image_channels[task - 1]
+        row = {"task": task, "level": level}
+        for b in sorted({1, batch}):
+            x = torch.randn(b, ch, size, size, device=dep.device)
+            dep(x, task, level)
+            times = []
+            for _ in range(repeats if b == 1 else max(2, repeats // 2)):
+                t = time.perf_counter()
+                dep(x, task, level)
+                times.append(time.perf_counter() - t)
+            row[f"latency_ms_b{b}"] = 1e3 * sorted(times)[len(times) // 2]
+        rows.append(row)
+    return Profile(rows, {"batch": batch, "repeats": repeats, "source": "measured at start-up",
+                          "device": str(dep.device), "torch": torch.__version__})
+
+
+class SeparateModels:
+    """Every (task, level) loaded alone (``load_level``): k x k separate copies of the weights,
+    called like a ``Deployment``; the baseline ``bench.serve`` compares one shared copy with."""
+
+    def __init__(self, file, configs, device: Union[str, torch.device] = "cpu") -> None:
+        self.file, self.device = file, torch.device(device)
+        self.model = file.skeleton  # meta device: the spec's input sizes and channels
+        self.configs = frozenset(configs)
+        self.models = {c: load_level(file.path, *c, device=self.device) for c in sorted(configs)}
+
+    def __call__(self, x: torch.Tensor, task: int, level: int) -> torch.Tensor:
+        with torch.no_grad():
+            return self.models[(task, level)](x)
+
+    def parameters_held(self) -> int:
+        return sum(p.numel() for m in self.models.values() for p in m.parameters())
+
+    def bytes_held(self) -> int:
+        return storage_bytes([t for m in self.models.values()
+                              for t in (*m.parameters(), *m.buffers())])
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def find_profile(path: str, given: Optional[str] = None) -> Optional[Profile]:
+    """``given``, else ``profile.json`` beside the unit file when it was measured for this
+    version of it (``dvn profile``); None when there is none."""
+    where = given or os.path.join(os.path.dirname(os.path.abspath(path)), "profile.json")
+    if not os.path.isfile(where):
+        if given:
+            raise FileNotFoundError(f"profile: no profile at {given}")
+        return None
+    table = Profile.load(where)
+    if given is None and table.meta.get("file_id") != file_id(path):
+        return None  # measured for another version of the file
+    return table
+
+
+class Service:
+    """A run served: ``predict`` queues prepared requests, ``models`` describes what it holds.
+
+    ``run``: a run folder or unit file; ``profile``: a profile table (default: the run's own
+    when current, else measured at start-up on the deployment); ``max_batch`` / ``max_queue``:
+    the batcher's bounds; ``separate``: load every (task, level) alone instead (k x k copies
+    of the weights: the baseline of ``bench.serve``).
+    """
+
+    def __init__(self, run: str, *, device: Union[str, torch.device] = "cpu",
+                 max_batch: int = 16, max_queue: int = 256, profile: Optional[str] = None,
+                 margin_ms: float = 1.0, max_body_bytes: int = 8 << 20,
+                 separate: bool = False, say=None) -> None:
+        from ..deploy.runs import unit_file
+        from ..deploy.unitfile import UnitFile
+        say = say or (lambda m: None)
+        started = time.perf_counter()
+        self.path = unit_file(run)
+        self.run = run
+        file = UnitFile(self.path)
+        if file.tasks is None:
+            file.close()
+            raise ValueError(f"run: {self.path} has no task input descriptions; write it with "
+                             "dvn.deploy.save(model, path, tasks=...)")
+        networks = file.skeleton.networks
+        configs = sorted(networks.configs())
+        self.dep = SeparateModels(file, configs, device) if separate else \
+            Deployment(file, configs, device=device)
+        self.tasks = {j: file.tasks[j - 1] for j in sorted({t for t, _ in configs})}
+        self.levels = {j: sorted(lv for t, lv in configs if t == j) for j in self.tasks}
+        self.max_body_bytes = max_body_bytes
+        table = find_profile(self.path, profile)
+        if table is None or not all(table.row(t, lv) for t, lv in configs):
+            say("no profile.json for this unit file (dvn profile): measuring latency")
+            table = measure_profile(self.dep, max_batch)
+        self.profile = table
+        self.latency = LatencyModel.from_profile(table, configs)
+        self.metrics = Metrics()
+        self.scheduler = Scheduler(self.dep, self.levels, self.latency, self._answer,
+                                   self.metrics, max_batch=max_batch, max_queue=max_queue,
+                                   margin_ms=margin_ms)
+        self.startup_s = time.perf_counter() - started
+
+    def _answer(self, r: Request, level: int, probs: torch.Tensor, started: float,
+                finished: float, batch: int) -> dict:
+        classes = self.tasks[r.task].classes
+        label = (lambda c: classes[c] if classes else str(c))
+        p, idx = probs.topk(min(5, probs.numel()))
+        latency_ms = (finished - r.arrived) * 1e3
+        met = None if r.deadline is None else finished <= r.deadline
+        self.metrics.answered(r.task, level, latency_ms, met)
+        out = {"task": r.task, "level": level, "class": int(idx[0]), "label": label(int(idx[0])),
+               "top5": [[label(int(c)), round(float(q), 6)] for c, q in zip(idx, p)],
+               "latency_ms": round(latency_ms, 3),
+               "queued_ms": round((started - r.arrived) * 1e3, 3), "batch": batch}
+        if met is not None:
+            out["deadline_met"] = met
+        return out
+
+    def models(self) -> dict:
+        """Tasks, labels, levels with parameters, memory and profiled latency."""
+        from ..deploy.budget import memory_rows
+        memory = {(r["task"], r["level"]): r for r in memory_rows(self.dep.file)}
+        tasks = []
+        for j, spec in self.tasks.items():
+            levels = []
+            for lv in self.levels[j]:
+                m, prof = memory[(j, lv)], self.profile.row(j, lv) or {}
+                levels.append({"level": lv, "parameters": m["parameters"],
+                               "memory_mb": round(m["memory_mb"], 4),
+                               **{k: round(v, 4) for k, v in prof.items()
+                                  if k.startswith("latency_ms_")}})
+            tasks.append({"task": j, "name": spec.name, "labels": list(spec.classes or ()),
+                          "input": {"channels": spec.native_channels,
+                                    "size": list(spec.native_size)},
+                          "levels": levels})
+        return {"file": os.path.basename(self.path), "tasks": tasks,
+                "held": {"parameters": self.dep.parameters_held(),
+                         "memory_mb": round(self.dep.bytes_held() / 1e6, 4)},
+                "profile": {k: v for k, v in self.profile.meta.items()
+                            if k in ("batch", "machine", "source", "device", "torch")},
+                "max_batch": self.scheduler.max_batch, "max_queue": self.scheduler.max_queue}
+
+    def close(self, drain: bool = True, timeout: float = 30.0) -> bool:
+        """Answers what is queued (``drain``), stops the batcher, closes the file."""
+        ok = self.scheduler.close(drain, timeout)
+        self.dep.close()
+        return ok
+
+
+def log(message: str) -> None:
+    print(f"dvn serve: {message}", file=sys.stderr, flush=True)
