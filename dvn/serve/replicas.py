@@ -60,9 +60,19 @@ def start(run: str, host: str, port: int, replicas: int, options: dict, *,
     import ray
     from ray import serve
     env = {"PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # Ray's own processes talk over the loopback only (not the machine's network address).
     ray.init(num_cpus=num_cpus or max(2, replicas), include_dashboard=False,
-             runtime_env={"env_vars": env}, log_to_driver=False, configure_logging=False)
-    serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
+             runtime_env={"env_vars": env}, log_to_driver=False, configure_logging=False,
+             _node_ip_address="127.0.0.1")
+    try:
+        serve.start(http_options={"host": host, "port": port},
+                    logging_config={"log_level": "WARNING"})
+    except ray.exceptions.ActorDiedError:
+        # On a busy machine Ray Serve's proxy actor can be cancelled before it ever runs;
+        # one more try with a fresh controller.
+        serve.shutdown()
+        serve.start(http_options={"host": host, "port": port},
+                    logging_config={"log_level": "WARNING"})
     serve.run(application(run, replicas=replicas, options=options,
                           cpus_per_replica=min(1.0, (num_cpus or max(2, replicas)) / (replicas + 1)),
                           threads=threads), name="dvn", route_prefix="/")
