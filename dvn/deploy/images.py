@@ -101,21 +101,27 @@ def image_files(paths: Sequence[str]) -> list[str]:
     return files
 
 
+def image_tensor(img, task: TaskInput) -> torch.Tensor:
+    """An open PIL image as uint8 (native_channels, h, w) at the task's native size: the one
+    decoding step of ``dvn infer`` and ``dvn serve``."""
+    from PIL import Image
+    h, w = task.native_size
+    img = img.convert("L" if task.native_channels == 1 else "RGB")
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.BILINEAR)
+    data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    return data.view(h, w, -1).permute(2, 0, 1)
+
+
 def read_image(file: str, task: TaskInput) -> torch.Tensor:
     """One image file as uint8 (native_channels, h, w) at the task's native size; a file that
     is not a readable image raises ValueError naming it."""
     from PIL import Image
-    h, w = task.native_size
-    mode = "L" if task.native_channels == 1 else "RGB"
     try:
         with Image.open(file) as img:
-            img = img.convert(mode)
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.BILINEAR)
-            data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+            return image_tensor(img, task)
     except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for unreadable files
         raise ValueError(f"images: cannot read {file} as an image ({e})") from None
-    return data.view(h, w, -1).permute(2, 0, 1)
 
 
 def read_images(files: Sequence[str], task: TaskInput) -> torch.Tensor:

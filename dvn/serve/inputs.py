@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..deploy.images import TaskInput
+from ..deploy.images import TaskInput, image_tensor
 from .scheduler import Request
 
 #: fields a request may have
@@ -102,13 +102,7 @@ def one(body: Any, tasks: Mapping[int, TaskInput], levels: Mapping[int, Sequence
 
 def _prepare(img, spec: TaskInput) -> torch.Tensor:
     """A PIL image as the task's network takes it: ``dvn.deploy.read_images``'s steps."""
-    from PIL import Image
-    h, w = spec.native_size
-    img = img.convert("L" if spec.native_channels == 1 else "RGB")
-    if img.size != (w, h):
-        img = img.resize((w, h), Image.BILINEAR)
-    data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-    return spec.prepare(data.view(h, w, -1).permute(2, 0, 1)[None])[0]
+    return spec.prepare(image_tensor(img, spec)[None])[0]
 
 
 def decode_image(value: Any, spec: TaskInput, field: str) -> torch.Tensor:
