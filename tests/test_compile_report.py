@@ -8,6 +8,7 @@ and on an aligned Triton variant without 16-byte global loads. Compiles are cach
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -31,7 +32,10 @@ TF32_TRANSPOSED = {("wgrad", "fp32")}
 def _report(tmp_path_factory, part: str) -> dict:
     out = tmp_path_factory.mktemp(f"compile-report-{part}") / "report.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_CACHE_DIR", str(ROOT / ".cache" / "triton-compile-report"))
+    # One cache per Triton version: ptxas_log compares Triton's cubin with a rerun of its
+    # ptxas, which a cubin cached by another Triton (the other CI stack) would fail.
+    env.setdefault("TRITON_CACHE_DIR", str(ROOT / ".cache" / (
+        f"triton-{importlib.metadata.version('triton')}-compile-report")))
     r = subprocess.run([sys.executable, "-m", "bench.compile_report", "--parts", part,
                         "--json", str(out), "--cache-dir", str(ROOT / ".cache" / "compile-report")],
                        env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)

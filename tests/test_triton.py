@@ -5,6 +5,7 @@ shapes, float32 and float16 (the interpreter computes bfloat16 wrongly); on a GP
 tests run on CUDA tensors, plus real-size, bfloat16 and TF32 tests marked ``gpu``.
 """
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -337,6 +338,10 @@ def test_kernels_compile_for_sm90():
     """The interpreter runs no compiler: build every pass for sm_90 (no GPU needed), so type,
     constexpr and shared-memory errors show on CPU CI too."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # A cache of this Triton version alone: compile_check checks Triton's cubin against a
+    # rerun of its ptxas, which a cubin cached by another Triton or ptxas would fail.
+    env["TRITON_CACHE_DIR"] = str(Path(__file__).resolve().parents[1] / ".cache" /
+                                  f"triton-{importlib.metadata.version('triton')}-sm90")
     r = subprocess.run([sys.executable, "-m", "dvn_kernels.triton.compile_check", "--dtypes",
                         "bf16"], env=env, capture_output=True, text=True, timeout=600,
                        cwd=Path(__file__).resolve().parents[1])

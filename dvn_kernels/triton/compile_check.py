@@ -174,7 +174,9 @@ def ptxas_log(compiled, config: triton.Config, arch: int) -> str:
         knobs.nvidia.dump_ptxas_log = old
     if cubin != compiled.asm.get("cubin"):
         raise RuntimeError("re-running ptxas on the PTX gave another cubin than Triton's: "
-                           "its log would not describe the compiled kernel")
+                           "its log would not describe the compiled kernel (a cubin cached "
+                           "by another Triton or ptxas? set TRITON_CACHE_DIR to an empty "
+                           "folder)")
     return out.getvalue()
 
 
