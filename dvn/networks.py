@@ -100,7 +100,9 @@ def selected(active: Optional[Active]) -> Iterator[None]:
 def _same_selection(a: Optional[Active], b: Optional[Active]) -> bool:
     if a is None or b is None:
         return a is b
-    return (a.task, a.level, a.units, a.backend) == (b.task, b.level, b.units, b.backend)
+    # Field by field: Dynamo of torch 2.11 fails comparing tuples that hold None.
+    return (a.task == b.task and a.level == b.level and a.units == b.units
+            and a.backend == b.backend)
 
 
 def _describe(active: Optional[Active]) -> str:
