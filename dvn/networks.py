@@ -216,7 +216,7 @@ class VirtualNetworks:
         if type(task) is int and type(level) is int:  # not bools, which equal 1 and 0
             try:
                 return self._active.get_or_make((task, level, backend), self._make_active)
-            except TypeError:  # an unhashable backend: _make_active names it
+            except TypeError:  # an unhashable or bad backend: _make_active names it
                 pass
         return self._make_active((task, level, backend))
 

@@ -164,3 +164,20 @@ def test_a_compiled_converted_model_without_the_runner():
         got = torch.compile(vm, backend=CompileCounter())(x, task=2, level=1)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     torch._dynamo.reset()
+
+
+def test_same_padding_is_the_ops_and_other_modes_the_layers():
+    """Zero padding, an asymmetric 'same' included, goes to the op's plan (its pre_pad); the
+    layer pads the input itself only for other padding modes, as nn.Conv2d does."""
+    same = SlicedConv2d(8, 8, (4, 2), padding="same", dilation=(1, 3), in_units=2, out_units=2)
+    assert same.input_pad is None and same.op_padding == "same"
+    plan = same.plan(None)
+    assert plan.padding == (1, 1) and plan.pre_pad == (0, 1, 0, 1)
+    reflect = SlicedConv2d(8, 8, 3, padding=1, padding_mode="reflect", in_units=2, out_units=2)
+    assert reflect.input_pad == (1, 1, 1, 1) and reflect.plan(None).padding == (0, 0)
+    for conv in (same, reflect):
+        dense = nn.Conv2d(8, 8, conv.kernel_size, padding=conv.padding, dilation=conv.dilation,
+                          padding_mode=conv.padding_mode)
+        dense.load_state_dict(conv.state_dict())
+        x = torch.randn(1, 8, 7, 9)
+        torch.testing.assert_close(conv(x), dense(x), rtol=1e-5, atol=1e-5)
