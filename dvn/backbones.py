@@ -41,7 +41,9 @@ class PreActBlock(nn.Module):
                                   out_units=units, backend=backend)
         self.shortcut = UnitPad(UnitLayout(c_in, units), UnitLayout(c_out, units), stride)
 
-    def forward(self, x: torch.Tensor, active: Active) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, active: Optional[Active] = None) -> torch.Tensor:
+        """The block on ``active``'s units (default: the ``selected`` block's; each layer
+        resolves it)."""
         out = self.conv1(F.relu(self.bn1(x, active)), active)
         out = self.conv2(F.relu(self.bn2(out, active)), active)
         return out + self.shortcut(x, active)
@@ -87,7 +89,8 @@ class PreActResNet(nn.Module):
     """Stems per task, stages of pre-activation blocks, BN-ReLU-pool, heads per (task, level).
 
     ``model(x, task=j, level=l)`` runs task j's virtual network at level l (1-based) and
-    returns that task's logits; ``backend`` overrides the convolutions' backend for one call.
+    returns that task's logits; ``backend`` (any name, ``"auto"`` included) overrides the
+    convolutions' own backend for one call; None keeps theirs.
     """
 
     def __init__(self, *, widths: Sequence[int], blocks: int, strides: Sequence[int],
@@ -121,7 +124,8 @@ class PreActResNet(nn.Module):
         self.heads = LevelHeads(c_in, num_classes, units, networks)
 
     def active(self, task: int, level: int, backend: Optional[str] = None) -> Active:
-        return self.networks.active(task, level, backend or "auto")
+        """The selection of (task, level); ``backend`` None keeps the layers' own."""
+        return self.networks.active(task, level, backend)
 
     def forward(self, x: torch.Tensor, task: int, level: int,
                 backend: Optional[str] = None) -> torch.Tensor:

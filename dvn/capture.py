@@ -35,7 +35,6 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from .convert import VirtualModel
 from .networks import selected
 
 
@@ -46,16 +45,9 @@ def _own_function(fn: Callable, name: str) -> Callable:
 
 
 def _config_function(model: nn.Module, task: int, level: int, tag: str) -> Callable:
-    """The function of one configuration, ``x -> logits``, with nothing inside that
-    torch.compile cannot trace (a VirtualModel's selection is set outside: see __call__)."""
-    if isinstance(model, VirtualModel):
-        module = model.module
-
-        def run(x):
-            return module(x)
-    else:
-        def run(x):
-            return model(x, task=task, level=level)
+    """The function of one configuration, ``x -> logits``."""
+    def run(x):
+        return model(x, task=task, level=level)
     return _own_function(run, f"dvn_task{task}_level{level}_{tag}")
 
 
@@ -127,10 +119,10 @@ class CompiledConfigs:
 
     def __call__(self, x: torch.Tensor, task: int, level: int) -> torch.Tensor:
         fn = self.compiled(task, level)
-        if isinstance(self.model, VirtualModel):
-            with selected(self.networks.active(task, level)):
-                return fn(x)
-        return fn(x)
+        # Layers that read the selection from the context (a converted model's) read it once,
+        # while tracing, and Dynamo cannot set it: it is set here, around the compiled call.
+        with selected(self.networks.active(task, level)):
+            return fn(x)
 
     def warmup(self, example: torch.Tensor,
                configs: Optional[Iterable[tuple[int, int]]] = None) -> None:

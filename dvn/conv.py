@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Optional, Union
 
 import torch
@@ -12,11 +13,48 @@ from torch.nn.utils import skip_init
 import dvn_kernels
 from dvn_kernels.channels import take_channels
 
-from .networks import Active, current_selection
+from .networks import Active, SelectionCache, conv_backend, resolve
 from .units import UnitLayout, UnitSpec
 
+Padding = Union[str, tuple[int, ...]]
 
-class SlicedConv2d(nn.Conv2d):
+
+class SlicedConvForward:
+    """The forward path shared by ``SlicedConv2d`` and ``dvn.deploy.SharedConv2d``: resolve
+    the selection (``dvn.networks.resolve``), pad the input when the padding mode is not
+    zeros, and run the selection's units with its backend (``dvn.networks.conv_backend``).
+
+    A subclass calls ``set_padding`` and defines ``run_units(x, active, backend)``: the
+    lookup of what the unit set runs and the op call. Zero padding, 'same' included (its
+    asymmetric extra row and column too), is the op's (``op_padding``); other modes are
+    applied here first, as ``nn.Conv2d`` applies them, and the op pads nothing.
+    """
+
+    backend: str
+    padding_mode: str
+    op_padding: Padding
+    input_pad: Optional[tuple[int, ...]]
+
+    def set_padding(self, padding: Padding, padding_mode: str,
+                    reversed_padding: Sequence[int]) -> None:
+        """``padding`` and ``padding_mode`` as nn.Conv2d holds them; ``reversed_padding``
+        is nn.Conv2d's ``F.pad`` amounts (``_reversed_padding_repeated_twice``)."""
+        zeros = padding_mode == "zeros"
+        self.op_padding = padding if zeros else 0
+        self.input_pad = None if zeros else tuple(reversed_padding)
+
+    def forward(self, x: torch.Tensor, active: Optional[Active] = None) -> torch.Tensor:
+        active = resolve(active)
+        if self.input_pad is not None:
+            x = F.pad(x, self.input_pad, mode=self.padding_mode)
+        return self.run_units(x, active, conv_backend(self.backend, active))
+
+    def run_units(self, x: torch.Tensor, active: Optional[Active],
+                  backend: str) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SlicedConv2d(SlicedConvForward, nn.Conv2d):
     """``nn.Conv2d`` over the active units of its input and output channels.
 
     Same constructor arguments, parameters and state_dict keys as ``nn.Conv2d``, plus the unit
@@ -24,7 +62,8 @@ class SlicedConv2d(nn.Conv2d):
     or None for an unsplit side such as RGB input) and the default ``backend``. ``forward(x)``
     uses every unit and equals ``nn.Conv2d``; ``forward(x, active)`` takes compact ``x`` (the
     active input units' channels) and returns the active output units' channels. Without
-    ``active``, the selection of an enclosing ``dvn.networks.selected`` block applies.
+    ``active``, the selection of an enclosing ``dvn.networks.selected`` block applies. The
+    selection's backend, when it names one, overrides ``backend`` (``Active``).
 
     Each unit set's convolution is checked once and kept as a plan (``plan``): a call looks
     the plan up and runs the op, with no per-call argument checks in Python.
@@ -51,45 +90,34 @@ class SlicedConv2d(nn.Conv2d):
             raise ValueError(f"backend: unknown backend {backend!r}; choose one of "
                              f"{', '.join(dvn_kernels.BACKENDS)}")
         self.backend = backend
-        # What the op is given: explicit padding unless nn.Conv2d pads the input itself
-        # (padding modes other than zeros, or an asymmetric 'same').
-        self._pre_pad = padding_mode != "zeros" or (
-            padding == "same" and any(p % 2 for p in self._padding_total()))
-        self._op_padding: Union[str, tuple[int, ...]] = 0 if self._pre_pad else self.padding
-        self._plans: dict[Optional[tuple[int, ...]], dvn_kernels.ConvPlan] = {}
-
-    def _padding_total(self) -> list[int]:
-        return [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+        self.set_padding(self.padding, padding_mode, self._reversed_padding_repeated_twice)
+        self._plans: SelectionCache[Optional[tuple[int, ...]], dvn_kernels.ConvPlan] = \
+            SelectionCache()
 
     def segments(self, active: Optional[Active]):
         """(in_segments, out_segments) of a selection (every unit for None)."""
-        units = None if active is None else active.unit_set
+        return self._segments(None if active is None else active.unit_set)
+
+    def _segments(self, units: Optional[tuple[int, ...]]):
         return self.in_layout.segments(units), self.out_layout.segments(units)
 
     def plan(self, active: Optional[Active]) -> dvn_kernels.ConvPlan:
         """The checked convolution of a selection's units (every unit for None), made on first
         use and kept."""
-        units = None if active is None else active.unit_set
-        plan = None if torch.compiler.is_compiling() else self._plans.get(units)
-        if plan is None:
-            ins, outs = self.segments(active)
-            plan = dvn_kernels.conv_plan(self.weight.shape, ins, outs, stride=self.stride,
-                                         padding=self._op_padding, dilation=self.dilation,
-                                         groups=self.groups)
-            if not torch.compiler.is_compiling():
-                self._plans[units] = plan
-        return plan
+        return self._plans.get_or_make(None if active is None else active.unit_set,
+                                       self._make_plan)
 
-    def forward(self, x: torch.Tensor, active: Optional[Active] = None) -> torch.Tensor:
-        if active is None:
-            active = current_selection()
-        plan = self._plans.get(None if active is None else active.unit_set)
-        if plan is None or torch.compiler.is_compiling():
-            plan = self.plan(active)
-        if self._pre_pad:
-            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
-        backend = self.backend if active is None or active.backend == "auto" else active.backend
+    def _make_plan(self, units: Optional[tuple[int, ...]]) -> dvn_kernels.ConvPlan:
+        ins, outs = self._segments(units)
+        return dvn_kernels.conv_plan(self.weight.shape, ins, outs, stride=self.stride,
+                                     padding=self.op_padding, dilation=self.dilation,
+                                     groups=self.groups)
+
+    def run_units(self, x: torch.Tensor, active: Optional[Active],
+                  backend: str) -> torch.Tensor:
+        # The hot path: one lookup of the unit set's plan, one op call.
+        plan = self._plans.get_or_make(None if active is None else active.unit_set,
+                                       self._make_plan)
         return dvn_kernels.planned_conv2d(plan, x, self.weight, self.bias, backend)
 
     def export(self, active: Optional[Active]) -> nn.Conv2d:

@@ -46,7 +46,9 @@ class VirtualModel(nn.Module):
         self.networks = networks
 
     def forward(self, x, task: int, level: int, backend: Optional[str] = None):
-        with selected(self.networks.active(task, level, backend or "auto")):
+        """The wrapped model's output for (task, level); ``backend`` (any name, ``"auto"``
+        included) overrides the convolutions' own for this call, None keeps theirs."""
+        with selected(self.networks.active(task, level, backend)):
             return self.module(x)
 
     def export(self, task: int, level: int, fold_bn: bool = False) -> nn.Module:

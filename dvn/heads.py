@@ -13,7 +13,7 @@ from torch.nn.utils import skip_init
 
 from dvn_kernels.channels import take_channels
 
-from .networks import Active, VirtualNetworks, current_selection
+from .networks import Active, VirtualNetworks, resolve
 from .units import UnitLayout, UnitSpec
 
 
@@ -39,12 +39,15 @@ class LevelHeads(nn.Module):
             self.heads[active.key] = nn.Linear(self.layout.width(active.unit_set),
                                                classes[task - 1], bias)
 
-    def head(self, active: Active) -> nn.Linear:
+    def head(self, active: Optional[Active]) -> nn.Linear:
+        """The head of a (task, level); ValueError for None (a head exists per configuration)."""
         if active is None:
             raise ValueError("active: LevelHeads needs a (task, level)")
         return self.heads[active.key]
 
-    def forward(self, features: torch.Tensor, active: Active) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, active: Optional[Active] = None) -> torch.Tensor:
+        """Logits of ``active`` (default: the ``selected`` block's) from its pooled features."""
+        active = resolve(active)
         head = self.head(active)
         if features.dim() != 2 or features.shape[1] != head.in_features:
             raise ValueError(f"features: expected (N, {head.in_features}) for task "
@@ -52,6 +55,7 @@ class LevelHeads(nn.Module):
         return head(features)
 
     def export(self, active: Active) -> nn.Linear:
+        """A copy of this configuration's nn.Linear."""
         return copy.deepcopy(self.head(active))
 
 
@@ -78,9 +82,7 @@ class SlicedLinear(nn.Linear):
         return weight, bias
 
     def forward(self, x: torch.Tensor, active: Optional[Active] = None) -> torch.Tensor:
-        if active is None:
-            active = current_selection()
-        weight, bias = self._block(active)
+        weight, bias = self._block(resolve(active))
         if x.shape[-1] != weight.shape[1]:
             raise ValueError(f"x: has {x.shape[-1]} features but the active units select "
                              f"{weight.shape[1]}")

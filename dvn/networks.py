@@ -8,13 +8,16 @@ lower ID (k = 4: task 1 -> 1,2,3,4; task 2 -> 2,1,3,4; task 3 -> 3,2,4,1; task 4
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Generic, Optional, TypeVar
 
 import torch
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 def paper_order(task: int, units: int) -> tuple[int, ...]:
@@ -28,12 +31,17 @@ class Active:
 
     Layers look their per-configuration state up by ``unit_set`` (plans) or ``key`` (batch
     norm, heads) on every call, so both are computed once here, as is the hash.
+
+    ``backend``: None (the default) runs each convolution on the backend its module was built
+    with; any backend name, ``"auto"`` included, overrides the modules' for this selection's
+    calls (``model(x, task=, level=, backend="auto")`` lets a model built with
+    ``backend="cpu"`` choose again). See ``conv_backend``.
     """
 
     task: int
     level: int
     units: tuple[int, ...]  # in the task's order: units[:l] is level l
-    backend: str = "auto"
+    backend: Optional[str] = None
     key: str = field(init=False, repr=False, compare=False)
     unit_set: tuple[int, ...] = field(init=False, repr=False, compare=False)
     _hash: Optional[int] = field(default=None, init=False, repr=False, compare=False)
@@ -52,6 +60,14 @@ class Active:
         return self._hash
 
 
+def conv_backend(module_backend: str, active: Optional[Active]) -> str:
+    """The backend a convolution runs on: the selection's when it names one (an explicit
+    ``"auto"`` included), else the module's own."""
+    if active is None or active.backend is None:
+        return module_backend
+    return active.backend
+
+
 _SELECTED: ContextVar[Optional[Active]] = ContextVar("dvn_selected", default=None)
 
 
@@ -59,12 +75,38 @@ _SELECTED: ContextVar[Optional[Active]] = ContextVar("dvn_selected", default=Non
 def selected(active: Optional[Active]) -> Iterator[None]:
     """Makes ``active`` the selection of layers called without one, for this thread (or
     asyncio task) only, until the block ends: concurrent calls with different selections on
-    one model object do not see each other's."""
+    one model object do not see each other's.
+
+    Inside ``torch.compile`` the selection cannot change (Dynamo cannot trace
+    ``ContextVar.set``): the block checks that ``active`` is the one set around the compiled
+    call, as ``dvn.compile_configs`` sets it, and raises RuntimeError otherwise.
+    """
+    if torch.compiler.is_compiling():
+        traced = _selection_when_traced()
+        if not _same_selection(traced, active):
+            raise RuntimeError(
+                f"selected: cannot select {_describe(active)} inside torch.compile, where "
+                f"{_describe(traced)} is selected (Dynamo cannot set a ContextVar): enter "
+                "dvn.selected(...) around the compiled call, as dvn.compile_configs does")
+        yield
+        return
     token = _SELECTED.set(active)
     try:
         yield
     finally:
         _SELECTED.reset(token)
+
+
+def _same_selection(a: Optional[Active], b: Optional[Active]) -> bool:
+    if a is None or b is None:
+        return a is b
+    # Field by field: Dynamo of torch 2.11 fails comparing tuples that hold None.
+    return (a.task == b.task and a.level == b.level and a.units == b.units
+            and a.backend == b.backend)
+
+
+def _describe(active: Optional[Active]) -> str:
+    return "no selection" if active is None else f"task {active.task} at level {active.level}"
 
 
 def current_selection() -> Optional[Active]:
@@ -82,6 +124,35 @@ def current_selection() -> Optional[Active]:
 @torch.compiler.assume_constant_result
 def _selection_when_traced() -> Optional[Active]:
     return _SELECTED.get()
+
+
+def resolve(active: Optional[Active]) -> Optional[Active]:
+    """The selection a layer runs: ``active`` when given, else the enclosing ``selected``
+    block's (None: every unit). Every selection-dependent layer resolves through this one
+    function, so each accepts both forms alike."""
+    return current_selection() if active is None else active
+
+
+class SelectionCache(dict, Generic[K, V]):
+    """Values made once per key (a unit set, a (task, level)) and kept: the per-call cost is
+    one dict lookup.
+
+    While ``torch.compile`` traces, the cache is neither read nor written: a graph is traced
+    once per configuration, so there is nothing to reuse, and a read would make Dynamo guard
+    on the dict's contents (recompiling whenever another configuration adds an entry).
+    """
+
+    __slots__ = ()
+
+    def get_or_make(self, key: K, make: Callable[[K], V]) -> V:
+        """The value kept for ``key``, or ``make(key)``, kept (not while compiling)."""
+        if torch.compiler.is_compiling():
+            return make(key)
+        value = self.get(key)
+        if value is None:
+            value = make(key)
+            self[key] = value
+        return value
 
 
 class VirtualNetworks:
@@ -116,7 +187,7 @@ class VirtualNetworks:
             if tasks is not None and tasks != len(parsed):
                 raise ValueError(f"tasks: {tasks} does not match the {len(parsed)} orders given")
             self.orders = tuple(parsed)
-        self._active: dict[tuple[int, int, str], Active] = {}
+        self._active: SelectionCache[tuple[int, int, Optional[str]], Active] = SelectionCache()
 
     @property
     def tasks(self) -> int:
@@ -138,22 +209,23 @@ class VirtualNetworks:
         self.check(task, 1)
         return self.orders[task - 1]
 
-    def active(self, task: int, level: int, backend: str = "auto") -> Active:
+    def active(self, task: int, level: int, backend: Optional[str] = None) -> Active:
         """The selection of task ``task`` at level ``level`` (both 1-based); made once per
-        (task, level, backend) and reused (a dict lookup on the hot path)."""
-        compiling = torch.compiler.is_compiling()  # traced once: no cache to guard on
-        try:
-            selection = None if compiling else self._active.get((task, level, backend))
-        except TypeError:  # unhashable arguments: check() names them
-            selection = None
-        if selection is None:
-            self.check(task, level)
-            if not isinstance(backend, str):
-                raise TypeError(f"backend: expected a string, got {type(backend).__name__}")
-            selection = Active(task, level, self.orders[task - 1][:level], backend)
-            if not compiling and type(task) is int and type(level) is int:  # True == 1 aliases
-                self._active[(task, level, backend)] = selection
-        return selection
+        (task, level, backend) and reused (a dict lookup on the hot path). ``backend`` None
+        keeps each module's own backend; a name overrides them (see ``Active``)."""
+        if type(task) is int and type(level) is int:  # not bools, which equal 1 and 0
+            try:
+                return self._active.get_or_make((task, level, backend), self._make_active)
+            except TypeError:  # an unhashable or bad backend: _make_active names it
+                pass
+        return self._make_active((task, level, backend))
+
+    def _make_active(self, key: tuple[int, int, Optional[str]]) -> Active:
+        task, level, backend = key
+        self.check(task, level)
+        if backend is not None and not isinstance(backend, str):
+            raise TypeError(f"backend: expected a string or None, got {type(backend).__name__}")
+        return Active(task, level, self.orders[task - 1][:level], backend)
 
     def configs(self) -> Iterator[tuple[int, int]]:
         """Every (task, level), task-major."""

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .networks import Active, VirtualNetworks, current_selection
+from .networks import Active, VirtualNetworks, resolve
 from .units import UnitLayout, UnitSpec
 
 
@@ -44,8 +44,8 @@ class SlicedBatchNorm2d(nn.Module):
                              f"{active.level} in this layer") from None
 
     def forward(self, x: torch.Tensor, active: Optional[Active] = None) -> torch.Tensor:
-        if active is None:
-            active = current_selection()
+        """``x``: the active channels of ``active`` (default: the ``selected`` block's)."""
+        active = resolve(active)
         # The hot path reads the ModuleDict's dict directly; norm() explains a missing entry.
         bn = self.norms._modules.get(active.key) if active is not None else None
         if bn is None:

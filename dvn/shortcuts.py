@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .networks import Active
+from .networks import Active, SelectionCache, resolve
 from .units import UnitLayout
 
 
@@ -46,25 +46,26 @@ class UnitPad(nn.Module):
             raise ValueError(f"units: a zero-padding shortcut cannot shrink units "
                              f"{list(in_layout.sizes)} -> {list(out_layout.sizes)}")
         self.in_layout, self.out_layout, self.stride = in_layout, out_layout, stride
-        self._sizes: dict[Optional[tuple[int, ...]], tuple[list[int], list[int]]] = {}
+        self._sizes: SelectionCache[Optional[tuple[int, ...]],
+                                    tuple[list[int], list[int]]] = SelectionCache()
 
     def sizes(self, active: Optional[Active]) -> tuple[list[int], list[int]]:
         """(input unit sizes, output unit sizes) of a selection's units; kept per unit set."""
-        key = None if active is None else active.unit_set
-        compiling = torch.compiler.is_compiling()  # traced once: no cache to guard on
-        sizes = None if compiling else self._sizes.get(key)
-        if sizes is None:
-            units = range(1, (self.in_layout.count or 1) + 1) if key is None else key
-            sizes = self.in_layout.unit_sizes(units), self.out_layout.unit_sizes(units)
-            if not compiling:
-                self._sizes[key] = sizes
-        return sizes
+        return self._sizes.get_or_make(None if active is None else active.unit_set,
+                                       self._make_sizes)
+
+    def _make_sizes(self, units: Optional[tuple[int, ...]]) -> tuple[list[int], list[int]]:
+        if units is None:
+            units = tuple(range(1, (self.in_layout.count or 1) + 1))
+        return self.in_layout.unit_sizes(units), self.out_layout.unit_sizes(units)
 
     def forward(self, x: torch.Tensor, active: Optional[Active] = None) -> torch.Tensor:
-        in_sizes, out_sizes = self.sizes(active)
+        """The shortcut of ``active``'s units (default: the ``selected`` block's)."""
+        in_sizes, out_sizes = self.sizes(resolve(active))
         return pad_units(x, in_sizes, out_sizes, self.stride)
 
     def export(self, active: Optional[Active]) -> StaticUnitPad:
+        """This selection's shortcut as a module of plain ops."""
         return StaticUnitPad(*self.sizes(active), self.stride)
 
     def extra_repr(self) -> str:

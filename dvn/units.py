@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Optional, Union
 
-import torch
-
 from dvn_kernels import ChannelSegments, segments_from_units, split_channels
+
+from .networks import SelectionCache
 
 UnitSpec = Union[None, int, Sequence[int], "UnitLayout"]
 
@@ -60,7 +60,7 @@ class UnitLayout:
                 raise ValueError(f"units: unit sizes {list(sizes)} are not all multiples of "
                                  f"the quantum {quantum}")
             self.sizes = sizes
-        self._cache: dict[tuple[int, ...], ChannelSegments] = {}
+        self._cache: SelectionCache[tuple[int, ...], ChannelSegments] = SelectionCache()
 
     @classmethod
     def of(cls, channels: int, units: UnitSpec) -> UnitLayout:
@@ -85,18 +85,14 @@ class UnitLayout:
         """Channel segments of a set of 1-based units (all channels for None or unsplit)."""
         if self.sizes is None or units is None:
             return ChannelSegments.full(self.channels)
-        key = tuple(sorted(units))
-        compiling = torch.compiler.is_compiling()  # traced once: no cache to guard on
-        cached = None if compiling else self._cache.get(key)
-        if cached is None:
-            for u in key:
-                if not 1 <= u <= len(self.sizes):
-                    raise ValueError(f"units: unit {u} does not exist in a layer of "
-                                     f"{len(self.sizes)} units (units are 1..{len(self.sizes)})")
-            cached = segments_from_units(self.sizes, [u - 1 for u in key])
-            if not compiling:
-                self._cache[key] = cached
-        return cached
+        return self._cache.get_or_make(tuple(sorted(units)), self._make_segments)
+
+    def _make_segments(self, units: tuple[int, ...]) -> ChannelSegments:
+        for u in units:
+            if not 1 <= u <= len(self.sizes):
+                raise ValueError(f"units: unit {u} does not exist in a layer of "
+                                 f"{len(self.sizes)} units (units are 1..{len(self.sizes)})")
+        return segments_from_units(self.sizes, [u - 1 for u in units])
 
     def width(self, units: Optional[Iterable[int]]) -> int:
         """Number of active channels for a set of units."""

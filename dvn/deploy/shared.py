@@ -28,8 +28,8 @@ import torch.nn.functional as F
 import dvn_kernels
 from dvn_kernels import ChannelSegments, segments_from_units
 
-from ..conv import SlicedConv2d
-from ..networks import Active, current_selection
+from ..conv import SlicedConv2d, SlicedConvForward
+from ..networks import Active
 from .unitfile import block_key
 
 UnitSet = tuple[int, ...]
@@ -92,13 +92,15 @@ class LayerState:
 Fetch = Callable[[list[str]], dict[str, torch.Tensor]]
 
 
-class SharedConv2d(nn.Module):
+class SharedConv2d(SlicedConvForward, nn.Module):
     """A ``SlicedConv2d`` whose weight is held as row groups for the unit sets deployed.
 
-    Called like the sliced layer (compact ``x`` of a selection's input units -> its output
-    units); ``update`` changes the unit sets, keeping the blocks it already holds and fetching
-    only the missing ones. A call reads the layer's state once, so a call running while
-    another thread updates sees either the old or the new state, whole.
+    Called like the sliced layer, through the same forward path (``SlicedConvForward``: the
+    selection resolved alike, explicit or from a ``selected`` block, the same padding and
+    backend rules): compact ``x`` of a selection's input units -> its output units.
+    ``update`` changes the unit sets, keeping the blocks it already holds and fetching only
+    the missing ones. A call reads the layer's state once, so a call running while another
+    thread updates sees either the old or the new state, whole.
     """
 
     def __init__(self, name: str, conv: SlicedConv2d, device: torch.device) -> None:
@@ -108,29 +110,24 @@ class SharedConv2d(nn.Module):
         self.in_channels, self.kernel_size = conv.in_channels, conv.kernel_size
         self.stride, self.dilation, self.padding = conv.stride, conv.dilation, conv.padding
         self.padding_mode, self.backend = conv.padding_mode, conv.backend
-        self._pre_pad, self._op_padding = conv._pre_pad, conv._op_padding
-        self._pad = conv._reversed_padding_repeated_twice
+        self.op_padding, self.input_pad = conv.op_padding, conv.input_pad
         self.has_bias = conv.bias is not None
         self.dtype, self.device = conv.weight.dtype, device
         self.state = LayerState((), {})
 
     # -------------------------------------------------------------------------- running
-    def forward(self, x: torch.Tensor, active: Optional[Active] = None) -> torch.Tensor:
-        if active is None:
-            active = current_selection()
+    def run_units(self, x: torch.Tensor, active: Optional[Active],
+                  backend: str) -> torch.Tensor:
+        """One convolution per row group the selection touches, concatenated in unit order."""
         steps = self.state.steps.get(active.unit_set) if active is not None else None
         if steps is None:
             raise ValueError(f"active: layer {self.name} holds no weights for units "
                              f"{None if active is None else list(active.unit_set)}")
-        if self._pre_pad:
-            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            x = F.pad(x, self._pad, mode=mode)
-        backend = self.backend if active.backend == "auto" else active.backend
         outs = []
         for step in steps:
             g = step.group
             if step.plan is None:
-                outs.append(F.conv2d(x, g.weight, g.bias, self.stride, self._op_padding,
+                outs.append(F.conv2d(x, g.weight, g.bias, self.stride, self.op_padding,
                                      self.dilation))
             else:
                 outs.append(dvn_kernels.planned_conv2d(step.plan, x, g.weight, g.bias, backend))
@@ -278,7 +275,7 @@ class SharedConv2d(nn.Module):
                                               ins)
             whole = len(outs) == len(g.out_units) and (ins is None or len(ins) == len(g.in_units))
             plan = None if whole else dvn_kernels.conv_plan(
-                g.weight.shape, in_segs, out_segs, stride=self.stride, padding=self._op_padding,
+                g.weight.shape, in_segs, out_segs, stride=self.stride, padding=self.op_padding,
                 dilation=self.dilation)
             steps.append(Step(g, plan))
         return tuple(steps)
