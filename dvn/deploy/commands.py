@@ -86,7 +86,7 @@ def add_commands(sub, positive) -> None:
 
 
 def _profile(a) -> int:
-    from ..training.config import resolve_device
+    from ..host import resolve_device
     from .budget import profile
     from .runs import unit_file
     from .unitfile import UnitFile
@@ -155,7 +155,7 @@ def _default_runtime(a, path: str, level: int) -> tuple[str, str]:
 def _infer(a) -> int:
     import torch
 
-    from ..training.config import resolve_device
+    from ..host import resolve_device
     from .budget import choose, memory_rows
     from .images import image_files, read_readable
     from .runs import unit_file

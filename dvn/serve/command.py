@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import sys
+
+from .net import bind  # noqa: F401  (dvn.serve.command.bind, as before)
 
 #: what to install for the server
 INSTALL = "pip install -e '.[serve]' (or: pip install fastapi uvicorn ray[serve])"
@@ -62,23 +63,9 @@ def _needs(*modules: str) -> None:
         raise ValueError(f"serve: needs {', '.join(missing)}; install them: {INSTALL}")
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on (host, port); port 0 takes a free one."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise ValueError(f"port: cannot listen on {host}:{port} ({e.strerror or e})") from None
-    sock.listen(2048)
-    return sock
-
-
 def options(a) -> dict:
     """The Service's keyword arguments from the command line."""
-    from ..training.config import resolve_device
+    from ..host import resolve_device
     if not a.max_body_mb > 0:
         raise ValueError(f"max-body-mb: must be positive, got {a.max_body_mb}")
     if not a.margin_ms >= 0:

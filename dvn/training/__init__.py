@@ -7,9 +7,10 @@ The loop (``train``) is imported on first use, so the run descriptions (scenario
 import the trainer.
 """
 
-from .config import TrainConfig, resolve_device
+from ..host import resolve_device
+from ..runs import TrainConfig
+from ..scenarios import PRESETS, SCENARIOS, Scenario, get_scenario
 from .losses import distillation_loss, joint_loss, label_map, sequential_loss
-from .scenarios import PRESETS, SCENARIOS, Scenario, get_scenario
 from .schedule import lr_at
 
 __all__ = [
