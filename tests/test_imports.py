@@ -160,3 +160,16 @@ def test_one_atomic_rename():
                     continue
                 found += [f"{rel}:{line}" for line in _renames(path)]
     assert not found, "files written without dvn_kernels.files.atomic_write: " + ", ".join(found)
+
+
+def test_deployment_loads_without_training_or_results():
+    """What Python actually loads for dvn infer / profile / serve (package __init__s too)."""
+    import subprocess
+    import sys
+    code = ("import sys, dvn.deploy, dvn.deploy.commands, dvn.deploy.runs, dvn.deploy.onnx, "
+            "dvn.serve, dvn.serve.command, dvn.serve.service, dvn.serve.inputs; "
+            "print(sorted(m for m in sys.modules if m.startswith(('dvn.training', "
+            "'dvn.results', 'bench'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"

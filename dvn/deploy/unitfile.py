@@ -11,8 +11,10 @@ full tensor reads the whole tensor (``pread``) or whole pages of its rows (``mma
 on the meta device, holding no memory) and, optionally, each task's input description, all as
 JSON. Nothing in the file is code: loading parses JSON and copies bytes.
 
-Digests (format ``dvn-units-2``): the metadata holds the SHA-256 of every tensor's bytes and a
-SHA-256 of the header's contents (spec, tasks, those digests, each tensor's dtype and shape).
+Digests (format ``dvn-units-2``): the metadata holds a digest of every tensor's bytes (the
+first 128 bits of their SHA-256, base64, in the order of the sorted tensor names: 22 bytes of
+header per tensor) and the SHA-256 of the header's contents (spec, tasks, those digests, each
+tensor's dtype and shape).
 Opening a file checks the header's; reading a tensor checks its own, so a level that reads
 only its blocks checks only those bytes, and a damaged byte is reported (ValueError naming the
 file and the tensor) where a plain safetensors read would return wrong weights. Files of
@@ -25,6 +27,7 @@ digest (``dvn.save``, ``dvn-checkpoint-2``), is :mod:`dvn.checkpoint`. ``dvn inf
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -51,6 +54,7 @@ PathLike = Union[str, os.PathLike]
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
           "BF16": torch.bfloat16, "I64": torch.int64}
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+_DIGEST_CHARS = 22   # 128 bits in base64, without its padding
 
 
 def block_key(layer: str, out_unit: int, in_unit: Optional[int], what: str = "weight") -> str:
@@ -138,7 +142,7 @@ def save(model: nn.Module, path: PathLike, *,
     if tasks is not None:
         metadata["tasks"] = json.dumps([t.to_dict() for t in tasks])
     tensors = {k: v.cpu() for k, v in unit_tensors(model).items()}
-    metadata["digests"] = json.dumps({k: tensor_digest(v) for k, v in sorted(tensors.items())})
+    metadata["digests"] = "".join(tensor_digest(tensors[k]) for k in sorted(tensors))
     metadata["sha256"] = header_digest(metadata, {k: (_DTYPE_NAMES[v.dtype], list(v.shape))
                                                   for k, v in tensors.items()})
     data = to_bytes(tensors, metadata=metadata)
@@ -146,9 +150,10 @@ def save(model: nn.Module, path: PathLike, *,
 
 
 def tensor_digest(t: torch.Tensor) -> str:
-    """SHA-256 of a tensor's bytes (as safetensors stores them: contiguous, little-endian)."""
-    return hashlib.sha256(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-                          ).hexdigest()
+    """The first 128 bits of the SHA-256 of a tensor's bytes (as safetensors stores them:
+    contiguous, little-endian), as 22 characters of URL-safe base64."""
+    h = hashlib.sha256(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return base64.urlsafe_b64encode(h.digest()[:16]).decode()[:_DIGEST_CHARS]
 
 
 def header_digest(metadata: dict, entries: dict) -> str:
@@ -213,13 +218,16 @@ class UnitFile:
         self._check_tensors()
         self.digests: Optional[dict[str, str]] = None
         if metadata["format"] == FORMAT:
-            self.digests = self._json(metadata, "digests") if "digests" in metadata else None
-            if not isinstance(self.digests, dict) or set(self.digests) != set(self.entries):
+            given = metadata.get("digests", "")
+            names = sorted(self.entries)
+            if len(given) != _DIGEST_CHARS * len(names):
                 raise ValueError(f"path: {self.path} is damaged (its header lacks the digests "
                                  f"of its tensors)")
             if metadata.get("sha256") != header_digest(metadata, codes):
                 raise ValueError(f"path: {self.path} is damaged (its header does not match "
                                  "the digest written with it)")
+            self.digests = {k: given[i * _DIGEST_CHARS:(i + 1) * _DIGEST_CHARS]
+                            for i, k in enumerate(names)}
 
     def _read_header(self) -> bytes:
         fd = os.open(self.path, os.O_RDONLY)

@@ -2,9 +2,10 @@
 the loop with exact resume, DistributedDataParallel under torchrun, and the joint-objective
 throughput benchmark.
 
-The loop (``train``) is imported on first use, so the run descriptions (scenarios,
-``TrainConfig``) and data plans load without it: ``dvn.results`` and ``dvn eval`` never
-import the trainer.
+The loop (``train``) is imported on first use, so the objectives and data plans load without
+it. What a run is (its scenario, ``TrainConfig``, paths, ``load_run``) is :mod:`dvn.scenarios`
+and :mod:`dvn.runs`, re-exported here; ``dvn.results``, ``dvn eval`` and deployment read runs
+through those and never import the trainer.
 """
 
 from ..host import resolve_device
