@@ -22,6 +22,7 @@ import torch
 from ..host import machine
 from ..timing import time_calls
 from .deployment import load_level, storage_bytes
+# the table and the choice, re-exported: dvn.deploy.budget.Profile, .file_id, ... as before
 from .profiles import (MB, BudgetError, Profile, _batch_repeats, choose,  # noqa: F401
                        choose_level, file_id, runtime_of)
 from .unitfile import PathLike, UnitFile

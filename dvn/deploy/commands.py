@@ -109,7 +109,8 @@ def _profile(a) -> int:
 def _budget_profile(a, path: str, file):
     """The table a budget is compared with: the profile for --budget-ms (it must belong to
     this unit file), else the memory each level holds, from the file's header."""
-    from .budget import Profile, file_id, memory_profile
+    from .budget import memory_profile
+    from .profiles import Profile, file_id
     if a.budget_ms is None:
         return memory_profile(file)
     where = a.profile or os.path.join(os.path.dirname(os.path.abspath(path)), "profile.json")
@@ -126,7 +127,7 @@ def _budget_profile(a, path: str, file):
 def _own_profile(a, path: str):
     """The run's own profile when it was measured on this version of the unit file (for the
     default runtime), else None."""
-    from .budget import Profile, file_id
+    from .profiles import Profile, file_id
     where = a.profile or os.path.join(os.path.dirname(os.path.abspath(path)), "profile.json")
     try:
         table = Profile.load(where)
@@ -138,7 +139,7 @@ def _own_profile(a, path: str):
 def _default_runtime(a, path: str, level: int) -> tuple[str, str]:
     """(runtime, why): --runtime, else the fastest installed one the profile measured for
     (task, level), else torch."""
-    from .budget import runtime_of
+    from .profiles import runtime_of
     from .runtimes import installed
     if a.runtime:
         return a.runtime, ""
@@ -156,8 +157,9 @@ def _infer(a) -> int:
     import torch
 
     from ..host import resolve_device
-    from .budget import choose, memory_rows
+    from .budget import memory_rows
     from .images import image_files, read_readable
+    from .profiles import choose
     from .runs import unit_file
     from .runtimes import load as load_runner
     from .unitfile import UnitFile

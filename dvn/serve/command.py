@@ -14,7 +14,7 @@ import argparse
 import signal
 import sys
 
-from .net import bind  # noqa: F401  (dvn.serve.command.bind, as before)
+from .net import bind
 
 #: what to install for the server
 INSTALL = "pip install -e '.[serve]' (or: pip install fastapi uvicorn ray[serve])"
