@@ -28,9 +28,9 @@ import torch.nn.functional as F
 
 import dvn
 import dvn_kernels
-from bench.conv import machine_name
 from bench.models import mobilenet_v2
 from bench.timing import time_side_by_side, write_results
+from dvn.host import machine
 from dvn.timing import medians, time_calls
 
 # The paper's Table 2: ResNet-42 (k = 4) batch-1 latency per level on a TITAN Xp, milliseconds.
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else machine_name()
+    where = machine(device, threads=False)
     print(f"# host overhead: {where}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}, float32")
     calls: list[dict] = []

@@ -39,9 +39,10 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine(device: Optional[torch.device] = None) -> str:
-    """The GPU name for a CUDA device, else the CPU model name with torch's thread count:
-    what results files name as the machine a number was measured on."""
+def machine(device: Optional[Union[str, torch.device]] = None, *, threads: bool = True) -> str:
+    """The GPU name for a CUDA device, else the CPU model name, with torch's thread count
+    unless ``threads=False``: what results files name as the machine a number was measured
+    on."""
     if device is not None and torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)" if threads else cpu_name()
