@@ -26,8 +26,8 @@ from .checkpoint import CheckpointError, model_from
 from .checkpoint import read as read_checkpoint
 from .scenarios import Scenario
 
-__all__ = ["CHECKPOINT", "TRAIN_KEYS", "TrainConfig", "checkpoint_path", "load_run",
-           "make_loader", "previous_path", "read", "run_config", "task_splits",
+__all__ = ["CHECKPOINT", "TRAIN_KEYS", "TrainConfig", "checkpoint_path", "is_training_payload",
+           "load_run", "make_loader", "previous_path", "read", "run_config", "task_splits",
            "trained_configs"]
 
 CHECKPOINT = "checkpoint.pt"       # a run folder's checkpoint, written after every epoch

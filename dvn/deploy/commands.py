@@ -43,7 +43,8 @@ def default_runtimes() -> list[str]:
 def add_commands(sub, positive) -> None:
     """Adds ``profile`` and ``infer`` to the CLI's subparsers (``positive``: its int type)."""
     run_help = ("run folder (its unit file deploy.safetensors is written from checkpoint.pt "
-                "on first use) or a unit file (.safetensors)")
+                "on first use), a model saved with dvn.save (MODEL.pt: MODEL.safetensors is "
+                "written beside it) or a unit file (.safetensors)")
     p = sub.add_parser("profile", help="latency and memory of every (task, level), each "
                        "loaded alone from the run's unit file",
                        description="Loads every (task, level) alone from the run's unit file, "

@@ -33,7 +33,8 @@ def add_command(sub, positive) -> None:
                        "or measured at start-up. Ctrl-C or SIGTERM answers what is queued "
                        "and exits. (No --runtime: the deployment runs eager PyTorch only.)")
     p.add_argument("run", help="run folder (its unit file deploy.safetensors is written from "
-                   "checkpoint.pt on first use) or a unit file (.safetensors)")
+                   "checkpoint.pt on first use), a model saved with dvn.save or a unit file "
+                   "(.safetensors)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
                    "127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free "
