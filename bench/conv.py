@@ -15,7 +15,6 @@ conv of the active groups only.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 import dvn_kernels
 from bench.timing import time_side_by_side, write_results
+from dvn.host import cpu_name as machine_name  # noqa: F401  (bench's other modules use it)
 
 # (name, channels, spatial size) of the 3x3 convs of WRN-32-4's three stages.
 WRN_STAGES = [("wrn-s1", 64, 32), ("wrn-s2", 128, 16), ("wrn-s3", 256, 8)]
@@ -197,18 +197,6 @@ def summary(rows: list[dict], backend: str = "cpu") -> list[str]:
                          + " / ".join(f"{r['name']} {g:.1f}x" for r, g in zip(level1, gains))
                          + f" ({'met' if min(gains) >= speedup else 'NOT met'})")
     return lines
-
-
-def machine_name() -> str:
-    """CPU model, for naming results."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import os
 import json
-import random
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,7 @@ import dvn
 import dvn.deploy as dd
 from bench.conv import machine_name
 from bench.timing import write_results
+from dvn.timing import time_calls
 
 SIZE, TASKS = 64, 4
 MB = 1e6
@@ -86,19 +86,10 @@ def paired(fns: dict, base: str, rounds: int, warmup: int = 2) -> dict[str, floa
     before each timed one). Returns each function's median ms and, as ``<name>/<base>``, the
     median over rounds of its time divided by ``base``'s time in the same round: on a shared
     machine, a paired ratio cancels the load that changes from round to round."""
-    rng = random.Random(0)
-    order = list(fns)
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for name in order:
-            fns[name]()
-            t = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t)
+    names = list(fns)
+    samples = time_calls([fns[k] for k in names], repeats=rounds, warmup=warmup,
+                         order="shuffle", settle=1)
+    times = dict(zip(names, samples))
     out = {f"{name}_ms": 1e3 * statistics.median(ts) for name, ts in times.items()}
     for name in fns:
         if name != base:

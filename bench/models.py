@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 import dvn
-from bench.conv import machine_name
 from bench.timing import time_side_by_side, write_results
+from dvn.host import machine
+
 
 def mobilenet_v2(units: int = 4, num_classes: int = 10, backend: str = "auto"
                  ) -> dvn.VirtualModel:
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         profile(args.models[0], (args.levels or [1])[0], args.batch, args.backend)
         return 0
-    where = torch.cuda.get_device_name() if args.device == "cuda" else machine_name()
+    where = machine(args.device, threads=False)
     print(f"# DVN training step (forward+backward) per level: {where}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, float32"
           f"{' (TF32)' if args.device == 'cuda' else ''}, backend {args.backend}, "

@@ -18,7 +18,6 @@ shuffled each round, medians.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -29,9 +28,10 @@ import torch.nn.functional as F
 
 import dvn
 import dvn_kernels
-from bench.conv import machine_name
 from bench.models import mobilenet_v2
 from bench.timing import time_side_by_side, write_results
+from dvn.host import machine
+from dvn.timing import medians, time_calls
 
 # The paper's Table 2: ResNet-42 (k = 4) batch-1 latency per level on a TITAN Xp, milliseconds.
 PAPER_TABLE2_MS = {1: 0.18, 2: 0.38, 3: 0.67, 4: 1.05}
@@ -45,17 +45,10 @@ NETWORKS = {
 
 def per_call_us(fns: dict[str, Callable[[], object]], calls: int, rounds: int) -> dict[str, float]:
     """Median over rounds of the mean microseconds per call (``calls`` calls per sample)."""
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        for _ in range(calls // 10 + 1):
-            fn()
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / calls * 1e6)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    names = list(fns)
+    samples = time_calls([fns[k] for k in names], repeats=rounds, warmup=calls // 10 + 1,
+                         calls=calls, order="fixed")
+    return {k: 1e6 * m for k, m in zip(names, medians(samples))}
 
 
 def call_rows(calls: int, rounds: int) -> list[dict]:
@@ -240,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else machine_name()
+    where = machine(device, threads=False)
     print(f"# host overhead: {where}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}, float32")
     calls: list[dict] = []

@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     p.add_argument("--compiled", action="store_true", help="also torch.compile (batch 1)")
     p.add_argument("--json", help="write the rows here")
     a = p.parse_args(argv)
-    from dvn.results.evaluate import machine
+    from dvn.host import machine
     say = lambda m: print(f"  {m}", file=sys.stderr, flush=True)  # noqa: E731
     rows = []
     with tempfile.TemporaryDirectory() as folder:

@@ -50,7 +50,7 @@ def stand_in(folder: str, preset: str = "small") -> str:
     import dvn.deploy as dd
     from dvn import backbones
     from dvn.data.loading import MEAN_STD
-    from dvn.training.scenarios import get_scenario
+    from dvn.scenarios import get_scenario
     s = get_scenario("fmnist-joint", preset)
     torch.manual_seed(0)
     model = backbones.build(s.backbone_spec([10, 10], "auto")).eval()

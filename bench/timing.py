@@ -1,13 +1,15 @@
-"""Side-by-side timing (candidates round-robin in one process, medians) and result files."""
+"""Side-by-side timing (candidates round-robin in one process, medians) and result files.
+
+The timer is dvn's own (:mod:`dvn.timing`), shared with ``dvn eval``, ``dvn profile`` and
+``dvn serve``; the result files are written with the project's one atomic write.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import random
-import statistics
-import time
 from collections.abc import Callable, Mapping
+
+from dvn.timing import side_by_side
+from dvn_kernels.files import write_json
 
 
 def time_side_by_side(fns: Mapping[str, Callable[[], object]], *, repeats: int = 15,
@@ -23,32 +25,11 @@ def time_side_by_side(fns: Mapping[str, Callable[[], object]], *, repeats: int =
     by up to 1.7x, and a fixed shuffle seed made that the same candidate in every row.) At
     least ``repeats`` rounds run, more while the total is under ``min_seconds``.
     """
-    order = list(fns)
-    rng = random.Random(0)
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < repeats or time.perf_counter() - start < min_seconds:
-        rng.shuffle(order)
-        for name in order:
-            fn = fns[name]
-            for _ in range(settle):
-                fn()
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - t0)
-        rounds += 1
-    return {name: statistics.median(ts) for name, ts in samples.items()}
+    return side_by_side(fns, repeats=repeats, warmup=warmup, min_seconds=min_seconds,
+                        settle=settle, order="shuffle")
 
 
 def write_results(path: str, meta: dict, rows: list[dict]) -> None:
-    """Writes {"meta", "rows"} as JSON: to a temporary file, then renamed over ``path``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    os.replace(tmp, path)
+    """Writes {"meta", "rows"} as JSON, atomically (``dvn_kernels.files``)."""
+    write_json(path, {"meta": meta, "rows": rows}, indent=1)
     print(f"# wrote {path}")

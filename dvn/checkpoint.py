@@ -1,4 +1,11 @@
-"""Saving and loading whole DVNs and training checkpoints.
+"""The dvn checkpoint format (``dvn-checkpoint-2``): a whole DVN in one file.
+
+One torch zip file (``torch.save``) of a dict: ``format``, the backbone's ``spec`` (what
+``dvn.build`` rebuilds it from), its ``state_dict``, ``extra`` plain data (a run's training
+state, see :mod:`dvn.runs`) and ``sha256``, a digest of those three. This is the format of
+``dvn.save`` / ``dvn.load`` and of a run's ``checkpoint.pt``; the deployment format, a unit
+file (``dvn-units-2``, :mod:`dvn.deploy.unitfile`), stores the same model addressable by unit
+block and has digests of its own.
 
 Writes are atomic and can keep the version they replace (``<name>.prev.pt``), so a crash or a
 damaged file costs at most one epoch. Loads never run code from the file
@@ -13,73 +20,23 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
-from collections.abc import Callable
-from typing import Any, BinaryIO, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn as nn
+
+from dvn_kernels.files import atomic_write, previous_path  # noqa: F401  (a run's .prev.pt)
 
 from .backbones import build
 
 FORMAT = "dvn-checkpoint-2"        # with a digest of its contents
 _UNCHECKED = "dvn-checkpoint-1"    # written before the digest existed: read without the check
-CHECKPOINT = "checkpoint.pt"       # a run folder's checkpoint, written after every epoch
-TRAIN_KEYS = ("config", "epoch", "step", "optimizer", "rng", "history")
 PathLike = Union[str, os.PathLike]
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, damaged, truncated or not a dvn checkpoint. The message is one
     line naming the file and what is wrong."""
-
-
-def previous_path(path: PathLike) -> str:
-    """Where the version that ``path`` replaced is kept: ``run/checkpoint.prev.pt``."""
-    root, ext = os.path.splitext(os.fspath(path))
-    return f"{root}.prev{ext or '.pt'}"
-
-
-def checkpoint_path(run: PathLike) -> str:
-    """``run`` is a run folder (its ``checkpoint.pt``) or a checkpoint file."""
-    run = os.fspath(run)
-    return os.path.join(run, CHECKPOINT) if os.path.isdir(run) else run
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], None], *,
-                 keep_previous: bool = False) -> None:
-    """Calls ``write(f)`` on a temporary file beside ``path``, flushes it to disk, then renames
-    it over ``path``: a crash never leaves a truncated file where a good one was.
-    ``keep_previous`` first moves the file being replaced to :func:`previous_path` (a crash
-    between the two renames leaves that one, which a resume falls back to)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if keep_previous and os.path.isfile(path):
-            os.replace(path, previous_path(path))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
 
 
 def atomic_save(obj: Any, path: PathLike, *, keep_previous: bool = False) -> None:
@@ -145,9 +102,9 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:160]}" if text else type(e).__name__
 
 
-def read(path: PathLike, *, training: bool = False) -> dict:
-    """The checked payload of a checkpoint written by :func:`save`; ``training``: it must also
-    hold a training state (a run's ``checkpoint.pt``). Raises :class:`CheckpointError`."""
+def read(path: PathLike) -> dict:
+    """The checked payload of a checkpoint written by :func:`save` (a run's training state is
+    checked by :func:`dvn.runs.read`). Raises :class:`CheckpointError`."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint: no checkpoint at {path}")
@@ -172,12 +129,6 @@ def read(path: PathLike, *, training: bool = False) -> dict:
     if fmt == FORMAT and payload.get("sha256") != digest(_contents(payload)):
         raise CheckpointError(f"checkpoint: {path} is damaged (its contents do not match the "
                               "digest written with them)")
-    if training:
-        state = payload["extra"].get("train") if isinstance(payload["extra"], dict) else None
-        missing = [k for k in TRAIN_KEYS if not isinstance(state, dict) or k not in state]
-        if missing:
-            raise CheckpointError(f"checkpoint: {path} is not a dvn training checkpoint (no "
-                                  f"{', '.join(missing)})")
     return payload
 
 

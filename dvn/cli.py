@@ -56,7 +56,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .training.scenarios import PRESETS, SCENARIOS
+    from .scenarios import PRESETS, SCENARIOS
     top = argparse.ArgumentParser(prog="dvn", description="Deep Virtual Networks: train, "
                                   "evaluate, export and benchmark.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -143,8 +143,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _train(a) -> int:
-    from .training.config import TrainConfig
-    from .training.scenarios import get_scenario, parse_setting
+    from .runs import TrainConfig
+    from .scenarios import get_scenario, parse_setting
     from .training.trainer import train
     scenario = get_scenario(a.scenario, a.preset, epochs=a.epochs, batch_size=a.batch_size,
                             lr=a.lr, train_subset=a.train_subset, test_subset=a.test_subset)
@@ -237,10 +237,11 @@ def _export_onnx(a) -> int:
 def _export_pt2(a) -> int:
     import torch
 
-    from .checkpoint import atomic_write
+    from dvn_kernels.files import atomic_write
+
     from .export import count_parameters, to_static
-    from .results.evaluate import load_run
-    from .training.config import resolve_device
+    from .host import resolve_device
+    from .runs import load_run
     device = resolve_device(a.device)
     model, config, _ = load_run(a.run, device)
     model.networks.check(a.task, a.level)
@@ -261,7 +262,8 @@ def _export_pt2(a) -> int:
 
 def _bench(a) -> int:
     import torch
-    from .results.evaluate import machine
+
+    from .host import machine
     from .training.bench import bench
     backend = a.backend or "cpu"
     rows = bench(a.units, depth=a.depth, width=a.width, batch=a.batch, size=a.size,
@@ -292,7 +294,7 @@ def _bench(a) -> int:
 
 
 def _list(a) -> int:
-    from .training.scenarios import PRESETS, SCENARIOS, get_scenario
+    from .scenarios import PRESETS, SCENARIOS, get_scenario
     for s in SCENARIOS.values():
         scaled = ", ".join(f"{p}: {get_scenario(s.name, p).backbone}" for p in PRESETS
                            if p != "full")

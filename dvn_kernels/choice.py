@@ -28,7 +28,6 @@ import importlib.metadata
 import json
 import os
 import statistics
-import tempfile
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
@@ -119,17 +118,9 @@ class ChoiceFile:
         merged = self._read(warn=False)
         merged.setdefault(env, {}).update(self._choices[env])
         try:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path) or ".",
-                                       prefix=".auto-choices-", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump({"format": CACHE_FORMAT, "choices": merged}, f, indent=0,
-                              sort_keys=True)
-                os.replace(tmp, self.path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            from .files import write_json
+            write_json(self.path, {"format": CACHE_FORMAT, "choices": merged}, indent=0,
+                       sort_keys=True)
         except OSError as exc:
             self._warn(f"cannot write {self.path} ({exc}); choices stay in memory")
 

@@ -13,7 +13,7 @@ def _seed():
 @pytest.fixture
 def synthetic(monkeypatch):
     """dvn.training loads its synthetic stand-in tasks instead of real datasets."""
-    from dvn.training.synthetic import ENV
+    from dvn.data.synthetic import ENV
     monkeypatch.setenv(ENV, "1")
 
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import dvn
-from dvn.checkpoint import CheckpointError, digest, previous_path, read
+from dvn.checkpoint import CheckpointError, digest, previous_path
 from dvn.cli import main
+from dvn.runs import read
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dvn.cli import main
-from dvn.training.synthetic import ENV
+from dvn.data.synthetic import ENV
 
 pytestmark = pytest.mark.usefixtures("synthetic", "one_thread")
 

@@ -12,7 +12,7 @@ import torch
 import dvn
 import dvn.deploy as dd
 from dvn.cli import main
-from dvn.training.synthetic import ENV
+from dvn.data.synthetic import ENV
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

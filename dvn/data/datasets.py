@@ -26,6 +26,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from dvn_kernels.files import atomic_write
+
 from . import formats
 from .splits import DataFormatError, DatasetNotFoundError, Split
 
@@ -253,10 +255,7 @@ def _tiny_imagenet(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, tu
         try:
             cache.mkdir(parents=True, exist_ok=True)
             for p, a in ((xp, x), (yp, y)):
-                tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
-                with open(tmp, "wb") as f:
-                    np.save(f, a, allow_pickle=False)
-                os.replace(tmp, p)
+                atomic_write(p, lambda f, a=a: np.save(f, a, allow_pickle=False), sync=False)
         except OSError:
             pass                # caching is an optimisation only
     return x, y, names

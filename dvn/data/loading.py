@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -101,11 +101,6 @@ class Loader:
                 "or pass drop_last=False")
         self.epoch = 0
 
-        # fit to size: pad by a small even margin, else resize
-        mh, mw = size - h, size - w
-        small = lambda m, n: m >= 0 and m % 2 == 0 and m <= n // 4       # noqa: E731
-        self._fit_pad = mh // 2 if (mh == mw and small(mh, h)) else 0
-        self._resize = (h, w) != (size, size) and not (mh == mw and small(mh, h))
         self._aug_pad = max(1, round(size / 8)) if self.augment else 0
         self._flip = self.augment and FLIP.get(split.dataset, True)
 
@@ -164,14 +159,7 @@ class Loader:
     def transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 (B, C, H, W) -> normalised float32 (B, channels, size, size), augmented when
         this loader augments (draws from ``generator``)."""
-        s = self.size
-        if self._resize:
-            x = F.interpolate(x.to(torch.float32), size=(s, s), mode="bilinear",
-                              align_corners=False, antialias=s < max(x.shape[2:]))
-            x = x.clamp_(0, 255)
-        pad = self._fit_pad + self._aug_pad
-        if pad:
-            x = F.pad(x, (pad, pad, pad, pad))
+        x = fit(x, self.size, pad=self._aug_pad)
         if self.augment and len(x):
             x = self._crop_flip(x, generator)
         out = torch.addcmul(self._shift, x.to(torch.float32), self._scale)
@@ -196,6 +184,32 @@ class Loader:
         return (f"Loader({self.split.name}, batches={len(self)}, batch_size={self.batch_size}, "
                 f"size={self.size}, channels={self.channels}, augment={self.augment}, "
                 f"rank={self.rank}/{self.world_size})")
+
+
+def fit_margin(h: int, w: int, size: int) -> Optional[int]:
+    """How an h x w image fits ``size`` x ``size``: the zero padding per side when ``size``
+    exceeds it by the same small even margin both ways (at most a quarter of the image, e.g.
+    Fashion-MNIST 28 -> 32: 2; 0 when it already fits), else None (a bilinear resize). The one
+    fit rule of the loader and of ``dvn infer`` / ``dvn serve`` (``TaskInput.prepare``)."""
+    mh, mw = size - h, size - w
+    if mh == mw and mh >= 0 and mh % 2 == 0 and mh <= h // 4:
+        return mh // 2
+    return None
+
+
+def fit(x: torch.Tensor, size: int, *, pad: int = 0) -> torch.Tensor:
+    """Images (N, C, h, w), 0..255, fitted to ``size`` x ``size`` by :func:`fit_margin`'s
+    rule: zero-padded (dtype kept), or resized bilinearly (antialiased when shrinking; float32,
+    clamped to 0..255). ``pad``: more zero padding on every side (the loader's augmentation)."""
+    h, w = x.shape[-2:]
+    margin = fit_margin(h, w, size)
+    if margin is None:
+        x = F.interpolate(x.to(torch.float32), size=(size, size), mode="bilinear",
+                          align_corners=False, antialias=size < max(h, w)).clamp_(0, 255)
+        margin = 0
+    if margin + pad:
+        x = F.pad(x, (margin + pad,) * 4)
+    return x
 
 
 def loader(split: Split, *, batch_size: int, train: bool, size: int, channels: int,

@@ -1,7 +1,9 @@
 """Memory-efficient deployment of several tasks from unit-addressable weights.
 
-* ``save(model, path)``: a trained backbone as a unit file (safetensors; one tensor per
-  (layer, output unit, input unit) block), so any (task, level) reads only its own blocks.
+* ``save(model, path)``: a trained backbone as a unit file (``dvn-units-2``: safetensors; one
+  tensor per (layer, output unit, input unit) block, with digests), so any (task, level) reads
+  only its own blocks. ``dvn.save`` writes the other format (``dvn-checkpoint-2``, the whole
+  model in one file); ``runs.unit_file`` turns either, or a run folder, into a unit file.
 * ``load_level(path, task, level)``: that level alone as a static network.
 * ``Deployment(path, {task: level, ...})``: several tasks served from one copy of the blocks
   they share, from several threads; ``set_level`` grows or shrinks a task in place.
@@ -9,9 +11,10 @@
   (task, level), and the highest level within a budget.
 """
 
-from .budget import BudgetError, Profile, choose_level, memory_profile, memory_rows, profile
+from .budget import memory_profile, memory_rows, profile
 from .deployment import Deployment, load_level, storage_bytes
 from .images import TaskInput, image_files, read_images
+from .profiles import BudgetError, Profile, choose_level
 from .shared import LAYOUTS
 from .unitfile import FORMAT, UnitFile, block_key, save
 

@@ -4,139 +4,28 @@
 memory it holds (the storages of its parameters and buffers) and its latency at batch 1 and at
 a given batch on each runtime asked for (``dvn.deploy.runtimes``: one row per level and
 runtime), and returns a ``Profile``: a table that saves as JSON and markdown. A task's levels
-and runtimes are timed interleaved (each round calls every one of them once, after warm-up),
-so that a noisy machine slows them alike; rows give the median and the interquartile range.
-``choose_level`` picks a task's highest level within a budget of milliseconds (batch-1
-latency), megabytes (memory held), or both, from a measured profile or one given by hand
-(``Profile.from_rows``), on one runtime or the fastest one measured.
+and runtimes are timed interleaved (each round calls every one of them once, after warm-up,
+with :mod:`dvn.timing`), so that a noisy machine slows them alike; rows give the median and
+the interquartile range. The table and the choice of a level within a budget
+(``choose_level``) are :mod:`dvn.deploy.profiles`, re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import torch
 
+from ..host import machine
+from ..timing import time_calls
 from .deployment import load_level, storage_bytes
+# the table and the choice, re-exported: dvn.deploy.budget.Profile, .file_id, ... as before
+from .profiles import (MB, BudgetError, Profile, _batch_repeats, choose,  # noqa: F401
+                       choose_level, file_id, runtime_of)
 from .unitfile import PathLike, UnitFile
-
-MB = 1e6
-
-
-class BudgetError(ValueError):
-    """No level of a task fits the budget (the message gives the smallest level's cost)."""
-
-
-@dataclass
-class Profile:
-    """Rows per (task, level, runtime): ``runtime`` (``"torch"`` where a row has none),
-    ``parameters``, ``memory_mb`` (parameters and buffers held), ``latency_ms_b1``,
-    ``latency_ms_b<batch>`` (medians) and ``..._iqr`` ([25th, 75th] percentiles); ``meta``:
-    where and how it was measured."""
-
-    rows: list[dict]
-    meta: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for r in self.rows:
-            if not isinstance(r, dict) or not all(isinstance(r.get(k), int) and
-                                                  not isinstance(r.get(k), bool)
-                                                  for k in ("task", "level")):
-                raise ValueError(f"profile: every row needs int 'task' and 'level', got {r!r}")
-
-    @classmethod
-    def from_rows(cls, rows: Iterable[dict], **meta) -> Profile:
-        """A profile given by hand, e.g. ``[{"task": 1, "level": 1, "latency_ms_b1": 2.0,
-        "memory_mb": 0.7}, ...]``."""
-        return cls([dict(r) for r in rows], meta)
-
-    def row(self, task: int, level: int, runtime: Optional[str] = None) -> Optional[dict]:
-        """The row of (task, level) on ``runtime``; without one, the fastest runtime's (lowest
-        batch-1 latency; the first row where none has a latency)."""
-        rows = [r for r in self.rows if r["task"] == task and r["level"] == level
-                and (runtime is None or runtime_of(r) == runtime)]
-        timed = [r for r in rows if r.get("latency_ms_b1") is not None]
-        if runtime is None and timed:
-            return min(timed, key=lambda r: r["latency_ms_b1"])
-        return rows[0] if rows else None
-
-    def levels(self, task: int, runtime: Optional[str] = None) -> list[int]:
-        return sorted({r["level"] for r in self.rows if r["task"] == task
-                       and (runtime is None or runtime_of(r) == runtime)})
-
-    def runtimes(self) -> list[str]:
-        """The runtimes the rows were measured on, in order of appearance."""
-        return list(dict.fromkeys(runtime_of(r) for r in self.rows))
-
-    def save(self, folder: str, name: str = "profile") -> dict[str, str]:
-        """Writes ``<name>.json`` and ``<name>.md`` into ``folder``; returns their paths."""
-        os.makedirs(folder, exist_ok=True)
-        paths = {"json": os.path.join(folder, f"{name}.json"),
-                 "markdown": os.path.join(folder, f"{name}.md")}
-        for kind, text in (("json", json.dumps({"meta": self.meta, "rows": self.rows},
-                                               indent=1)), ("markdown", self.markdown())):
-            tmp = paths[kind] + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(text + "\n")
-            os.replace(tmp, paths[kind])
-        return paths
-
-    @classmethod
-    def load(cls, path: str) -> Profile:
-        """A profile saved by ``save`` (or written by hand in the same JSON form)."""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"profile: no profile at {path}")
-        try:
-            with open(path) as f:
-                data = json.load(f)
-            return cls(list(data["rows"]), dict(data.get("meta", {})))
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise ValueError(f"profile: {path} is not a profile table ({e})") from None
-
-    def markdown(self) -> str:
-        batch = self.meta.get("batch")
-        head = ["task", "level", "runtime", "parameters", "memory MB", "batch 1 ms"]
-        keys = ["latency_ms_b1"]
-        if batch and batch != 1:
-            head.append(f"batch {batch} ms")
-            keys.append(f"latency_ms_b{batch}")
-        lines = []
-        if self.meta:
-            reps = self.meta.get("repeats", "?")
-            if batch and batch != 1 and isinstance(reps, int):
-                reps = f"{reps} (batch 1) and {_batch_repeats(reps)} (batch {batch})"
-            lines += [f"Profile of {self.meta.get('file', '?')} on {self.meta.get('machine', '?')}"
-                      f" ({self.meta.get('device', '?')}, torch {self.meta.get('torch', '?')}): "
-                      f"each level loaded alone; a task's levels and runtimes timed "
-                      f"interleaved, medians (interquartile range) of {reps} calls after "
-                      f"warm-up.", ""]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for r in self.rows:
-            name = r.get("task_name")
-            cells = [f"{r['task']}" + (f" ({name})" if name else ""), str(r["level"]),
-                     runtime_of(r), f"{r['parameters']:,}" if "parameters" in r else "-",
-                     _fmt(r.get("memory_mb"), 2)] + [_fmt(r.get(k), 2) + _spread(r.get(
-                         f"{k}_iqr")) for k in keys]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines)
-
-
-def _fmt(value: Optional[float], digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _spread(iqr: Optional[Sequence[float]]) -> str:
-    return "" if not iqr else f" ({iqr[0]:.2f}-{iqr[1]:.2f})"
-
-
-def runtime_of(row: dict) -> str:
-    """A row's runtime (rows written before runtimes existed were measured on torch)."""
-    return row.get("runtime", "torch")
 
 
 def memory_rows(file: UnitFile) -> list[dict]:
@@ -167,12 +56,6 @@ def _numel(shape: Sequence[int]) -> int:
     return n
 
 
-def file_id(path: PathLike) -> str:
-    """Identifies a unit file's contents cheaply: size and modification time."""
-    st = os.stat(path)
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
 def profile(path: PathLike, *, device: Union[str, torch.device] = "cpu", batch: int = 64,
             repeats: int = 30, configs: Optional[Iterable[tuple[int, int]]] = None,
             task_names: Optional[Sequence[str]] = None, runtimes: Sequence[str] = ("torch",),
@@ -181,7 +64,6 @@ def profile(path: PathLike, *, device: Union[str, torch.device] = "cpu", batch: 
     ``runtimes``: each level loaded alone, the bytes it holds (as PyTorch holds it), and its
     latency at batch 1 (``repeats`` calls) and ``batch``; a task's levels and runtimes are
     timed interleaved."""
-    from ..results.evaluate import machine
     from .runtimes import check_runtime
     from .runtimes import load as load_runner
     device = torch.device(device)
@@ -242,67 +124,14 @@ def _quartiles(values: Sequence[float]) -> list[float]:
     return [q[0], q[2]]
 
 
-def _batch_repeats(repeats: int) -> int:
-    """Timed calls at the larger batch: fewer, each one is longer."""
-    return max(3, repeats // 3)
-
-
 def _milliseconds(runners: Sequence[Callable[[torch.Tensor], torch.Tensor]],
                   shape: tuple[int, ...], repeats: int, device: torch.device) -> list[list[float]]:
     """Milliseconds of each runner's calls on one random batch of ``shape``, interleaved,
     after warm-up (which also compiles the ``compiled`` runtime's capture)."""
-    from ..results.evaluate import latency_samples
     x = torch.randn(shape, device=device)
     with torch.no_grad():
-        samples = latency_samples([lambda r=r: r(x) for r in runners], repeats=repeats,
-                                  warmup=2, device=device)
+        samples = time_calls([lambda r=r: r(x) for r in runners], repeats=repeats,
+                             warmup=2, device=device)
     return [[1e3 * t for t in ts] for ts in samples]
 
 
-def choose_level(profile: Profile, task: int, *, ms: Optional[float] = None,
-                 mb: Optional[float] = None, runtime: Optional[str] = None) -> int:
-    """The highest level of ``task`` whose batch-1 latency is at most ``ms`` and whose memory
-    is at most ``mb`` (either may be None), on ``runtime`` (None: on the fastest runtime the
-    profile measured for each level); raises BudgetError naming the smallest level's cost
-    when none fits."""
-    return choose(profile, task, ms=ms, mb=mb, runtime=runtime)[0]
-
-
-def choose(profile: Profile, task: int, *, ms: Optional[float] = None,
-           mb: Optional[float] = None, runtime: Optional[str] = None) -> tuple[int, str]:
-    """``choose_level``, and the runtime whose row it used: (level, runtime)."""
-    if ms is None and mb is None:
-        raise ValueError("budget: give milliseconds, megabytes or both")
-    for name, value in (("ms", ms), ("mb", mb)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not value > 0):
-            raise ValueError(f"budget: {name} must be a positive number, got {value!r}")
-    levels = profile.levels(task, runtime)
-    if not levels:
-        if runtime is not None and profile.levels(task):
-            raise ValueError(f"runtime: the profile has no {runtime} rows for task {task} "
-                             f"(measured: {', '.join(profile.runtimes())}); profile with "
-                             f"--runtime {runtime}")
-        raise ValueError(f"task: the profile has no row for task {task}")
-    need = [("latency_ms_b1", ms, "ms at batch 1"), ("memory_mb", mb, "MB")]
-    fits = []
-    for level in levels:
-        row = profile.row(task, level, runtime)
-        ok = True
-        for key, limit, _ in need:
-            if limit is None:
-                continue
-            if row.get(key) is None:
-                raise ValueError(f"profile: the row of task {task} level {level} has no "
-                                 f"{key!r} to compare the budget with")
-            ok &= row[key] <= limit
-        if ok:
-            fits.append((level, runtime_of(row)))
-    if fits:
-        return max(fits)
-    low = profile.row(task, levels[0], runtime)
-    cost = ", ".join(f"{low[key]:.3g} {unit}" for key, limit, unit in need if limit is not None)
-    given = ", ".join(f"{v:g} {u}" for v, u in ((ms, "ms"), (mb, "MB")) if v is not None)
-    on = f" on {runtime}" if runtime is not None else ""
-    raise BudgetError(f"budget: no level of task {task} fits {given}{on}; the smallest, level "
-                      f"{levels[0]}, needs {cost}")

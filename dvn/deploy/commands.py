@@ -43,7 +43,8 @@ def default_runtimes() -> list[str]:
 def add_commands(sub, positive) -> None:
     """Adds ``profile`` and ``infer`` to the CLI's subparsers (``positive``: its int type)."""
     run_help = ("run folder (its unit file deploy.safetensors is written from checkpoint.pt "
-                "on first use) or a unit file (.safetensors)")
+                "on first use), a model saved with dvn.save (MODEL.pt: MODEL.safetensors is "
+                "written beside it) or a unit file (.safetensors)")
     p = sub.add_parser("profile", help="latency and memory of every (task, level), each "
                        "loaded alone from the run's unit file",
                        description="Loads every (task, level) alone from the run's unit file, "
@@ -86,7 +87,7 @@ def add_commands(sub, positive) -> None:
 
 
 def _profile(a) -> int:
-    from ..training.config import resolve_device
+    from ..host import resolve_device
     from .budget import profile
     from .runs import unit_file
     from .unitfile import UnitFile
@@ -109,7 +110,8 @@ def _profile(a) -> int:
 def _budget_profile(a, path: str, file):
     """The table a budget is compared with: the profile for --budget-ms (it must belong to
     this unit file), else the memory each level holds, from the file's header."""
-    from .budget import Profile, file_id, memory_profile
+    from .budget import memory_profile
+    from .profiles import Profile, file_id
     if a.budget_ms is None:
         return memory_profile(file)
     where = a.profile or os.path.join(os.path.dirname(os.path.abspath(path)), "profile.json")
@@ -126,7 +128,7 @@ def _budget_profile(a, path: str, file):
 def _own_profile(a, path: str):
     """The run's own profile when it was measured on this version of the unit file (for the
     default runtime), else None."""
-    from .budget import Profile, file_id
+    from .profiles import Profile, file_id
     where = a.profile or os.path.join(os.path.dirname(os.path.abspath(path)), "profile.json")
     try:
         table = Profile.load(where)
@@ -138,7 +140,7 @@ def _own_profile(a, path: str):
 def _default_runtime(a, path: str, level: int) -> tuple[str, str]:
     """(runtime, why): --runtime, else the fastest installed one the profile measured for
     (task, level), else torch."""
-    from .budget import runtime_of
+    from .profiles import runtime_of
     from .runtimes import installed
     if a.runtime:
         return a.runtime, ""
@@ -155,9 +157,10 @@ def _default_runtime(a, path: str, level: int) -> tuple[str, str]:
 def _infer(a) -> int:
     import torch
 
-    from ..training.config import resolve_device
-    from .budget import choose, memory_rows
+    from ..host import resolve_device
+    from .budget import memory_rows
     from .images import image_files, read_readable
+    from .profiles import choose
     from .runs import unit_file
     from .runtimes import load as load_runner
     from .unitfile import UnitFile

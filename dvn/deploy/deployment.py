@@ -18,7 +18,7 @@ import copy
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
@@ -26,11 +26,9 @@ import torch.nn as nn
 import dvn_kernels
 
 from ..export import to_static
+from .profiles import Profile, choose_level
 from .shared import LAYOUTS, SharedConv2d
 from .unitfile import PathLike, UnitFile, private_prefixes, sliced_convs, stem_tasks
-
-if TYPE_CHECKING:
-    from .budget import Profile
 
 Configs = Union[Mapping[int, int], Iterable[tuple[int, int]]]
 
@@ -216,7 +214,6 @@ class Deployment:
                    mb: Optional[float] = None) -> dict[int, int]:
         """Runs every deployed task at the highest level whose profiled batch-1 latency and
         memory fit ``ms`` / ``mb`` (see ``dvn.deploy.choose_level``); returns task -> level."""
-        from .budget import choose_level
         tasks = sorted({t for t, _ in self._configs})
         levels = {t: choose_level(profile, t, ms=ms, mb=mb) for t in tasks}
         self.deploy(levels)

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
+
+from ..data.loading import fit
 
 #: image files a folder contributes (PNG and JPEG, through pillow)
 SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -67,15 +68,7 @@ class TaskInput:
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, native_channels, h, w) -> normalised float32 (N, channels, input_size,
         input_size), as ``dvn.data.loader`` prepares evaluation batches."""
-        h, w = self.native_size
-        s = self.input_size
-        x = images.to(torch.float32)
-        mh, mw = s - h, s - w
-        if mh == mw and mh >= 0 and mh % 2 == 0 and mh <= h // 4:
-            x = F.pad(x, (mh // 2,) * 4)
-        elif (h, w) != (s, s):
-            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False,
-                              antialias=s < max(h, w)).clamp_(0, 255)
+        x = fit(images.to(torch.float32), self.input_size)
         mean = torch.tensor(self.mean).expand(self.channels).reshape(1, -1, 1, 1)
         std = torch.tensor(self.std).expand(self.channels).reshape(1, -1, 1, 1)
         # the loader's arithmetic, so that the same image gives the same floats

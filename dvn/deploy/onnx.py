@@ -161,9 +161,9 @@ def export_level(path: PathLike, task: int, level: int, out: PathLike, *,
     """Task ``task`` at level ``level`` of a unit file as an ONNX file at ``out`` (batch norms
     that follow a convolution folded, dynamic batch axis), checked in ONNX Runtime against the
     level before it is written (atomically). Returns what the manifest records of it."""
-    from ..checkpoint import atomic_write
-    from .budget import file_id
+    from dvn_kernels.files import atomic_write
     from .deployment import load_level
+    from .profiles import file_id
     require()
     with UnitFile(path) as file:
         model = file.skeleton
@@ -201,8 +201,8 @@ def export_all(path: PathLike, out: PathLike, *, opset: Optional[int] = None,
     """Every (task, level) of a unit file as ``out/t<task>_l<level>.onnx``, then
     ``out/manifest.json`` (task, level, parameters, file, input size, normalisation, labels,
     opset); returns the manifest."""
-    from ..checkpoint import atomic_write
-    from .budget import file_id
+    from dvn_kernels.files import atomic_write
+    from .profiles import file_id
     require()
     with UnitFile(path) as file:
         configs = list(file.skeleton.networks.configs())
@@ -239,7 +239,7 @@ def cached_session(path: PathLike, task: int, level: int, *, threads: Optional[i
     """An ONNX Runtime session on a level of a unit file: from its cached export when that was
     made from this version of the file (size and modification time), else exported (and
     checked) again first. Returns (session, whether it was exported now)."""
-    from .budget import file_id
+    from .profiles import file_id
     require()
     where = cache_path(path, task, level)
     if os.path.isfile(where):

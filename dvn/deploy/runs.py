@@ -1,12 +1,20 @@
-"""A training run's unit file, written from its checkpoint on first use, with its tasks'
-input descriptions (what ``dvn infer`` needs to prepare images as the training data was)."""
+"""The unit file of what ``dvn infer`` / ``dvn profile`` / ``dvn serve`` are given: a run
+folder (or its checkpoint), a model saved with ``dvn.save``, or a unit file itself. A unit
+file is written from the checkpoint on first use (and again when the checkpoint is newer),
+with its tasks' input descriptions (what ``dvn infer`` needs to prepare images as the
+training data was)."""
 
 from __future__ import annotations
 
 import os
+import sys
+from typing import Optional
 
 import torch
 
+from ..checkpoint import model_from
+from ..runs import CHECKPOINT, TrainConfig, checkpoint_path, is_training_payload, load_run, make_loader, \
+    read, task_splits
 from .images import TaskInput
 from .unitfile import save
 
@@ -16,15 +24,20 @@ UNIT_FILE = "deploy.safetensors"
 
 def unit_file(run: str) -> str:
     """The unit file of ``run``: ``run`` itself when it is a ``.safetensors`` file, else
-    ``<run folder>/deploy.safetensors``, (re)written from the run's checkpoint when it is
-    missing or older than the checkpoint."""
+    ``<run folder>/deploy.safetensors`` for a run folder or its ``checkpoint.pt``, else
+    ``<model>.safetensors`` beside a model saved with ``dvn.save``; (re)written from the
+    checkpoint when it is missing or older than the checkpoint."""
+    run = os.fspath(run)
     if os.path.isfile(run) and run.endswith(".safetensors"):
         return run
     if not os.path.exists(run):
         raise FileNotFoundError(f"run: no run folder or unit file at {run}")
-    from ..checkpoint import checkpoint_path
     checkpoint = checkpoint_path(run)
-    path = os.path.join(run if os.path.isdir(run) else os.path.dirname(run) or ".", UNIT_FILE)
+    if os.path.isdir(run) or os.path.basename(run) == CHECKPOINT:
+        path = os.path.join(run if os.path.isdir(run) else os.path.dirname(run) or ".",
+                            UNIT_FILE)
+    else:   # a model file of dvn.save: its own unit file beside it
+        path = os.path.splitext(run)[0] + ".safetensors"
     if not os.path.isfile(checkpoint):
         if os.path.isfile(path):
             return path
@@ -35,20 +48,45 @@ def unit_file(run: str) -> str:
 
 
 def write_unit_file(checkpoint: str, path: str) -> None:
-    """The checkpoint's model as a unit file at ``path``, with its tasks' inputs."""
-    from ..results.evaluate import load_run
-    model, config, _ = load_run(checkpoint, torch.device("cpu"))
-    save(model, path, tasks=task_inputs(config))
+    """The checkpoint's model as a unit file at ``path``, with its tasks' inputs: from the
+    run's data for a training checkpoint; for a model of ``dvn.save``, those its ``extra``
+    holds under ``"tasks"`` (``TaskInput.to_dict()`` each), else plain ones
+    (:func:`plain_inputs`)."""
+    payload = read(checkpoint)
+    if is_training_payload(payload):
+        model, config, _ = load_run(checkpoint, torch.device("cpu"))
+        save(model, path, tasks=task_inputs(config))
+        return
+    model = model_from(payload, checkpoint)
+    given = payload["extra"].get("tasks") if isinstance(payload["extra"], dict) else None
+    if given is not None:
+        tasks = [TaskInput.from_dict(t) for t in given]
+    else:
+        tasks = plain_inputs(model)
+        print(f"warning: {checkpoint} holds no input descriptions (dvn.save(..., extra="
+              "{'tasks': [TaskInput.to_dict(), ...]})); images are read at each task's input "
+              "size and channels, scaled to 0..1 without normalisation", file=sys.stderr)
+    save(model, path, tasks=tasks)
 
 
-def task_inputs(config) -> list[TaskInput]:
+def plain_inputs(model: torch.nn.Module, names: Optional[list[str]] = None) -> list[TaskInput]:
+    """Input descriptions that say only what the network takes: each task's images at its
+    input size and channels, pixel values scaled to 0..1 (mean 0, std 1), no class names."""
+    out = []
+    for j, (size, channels) in enumerate(zip(model.input_sizes, model.image_channels), 1):
+        name = names[j - 1] if names else f"task{j}"
+        out.append(TaskInput(name, channels, (size, size), size, channels, (0.0,) * channels,
+                             (1.0,) * channels))
+    return out
+
+
+def task_inputs(config: TrainConfig) -> list[TaskInput]:
     """Each task's input description, from its training split as the loader prepared it
     (falling back to the dataset's known statistics, without class names, when the data is
     not on this machine)."""
     from ..data import DatasetNotFoundError
     from ..data.loading import MEAN_STD
     from ..data.tasks import TASKS
-    from ..training.data import make_loader, task_splits
     s = config.scenario
     out = []
     for j, name in enumerate(s.tasks, start=1):

@@ -10,13 +10,27 @@ full tensor reads the whole tensor (``pread``) or whole pages of its rows (``mma
 ``bench/deploy.py``. The header's metadata holds the format tag, the backbone's spec (rebuilt
 on the meta device, holding no memory) and, optionally, each task's input description, all as
 JSON. Nothing in the file is code: loading parses JSON and copies bytes.
+
+Digests (format ``dvn-units-2``): the metadata holds a digest of every tensor's bytes (the
+first 128 bits of their SHA-256, base64, in the order of the sorted tensor names: 22 bytes of
+header per tensor) and the SHA-256 of the header's contents (spec, tasks, those digests, each
+tensor's dtype and shape).
+Opening a file checks the header's; reading a tensor checks its own, so a level that reads
+only its blocks checks only those bytes, and a damaged byte is reported (ValueError naming the
+file and the tensor) where a plain safetensors read would return wrong weights. Files of
+``dvn-units-1`` (before digests) are read without the checks.
+
+This is the deployment format; the training format, one file of the whole model with one
+digest (``dvn.save``, ``dvn-checkpoint-2``), is :mod:`dvn.checkpoint`. ``dvn infer``,
+``dvn profile`` and ``dvn serve`` take either (:func:`dvn.deploy.runs.unit_file`).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Optional, Union
@@ -24,18 +38,23 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 
+from dvn_kernels.files import atomic_write
+
 from ..backbones import build
 from ..conv import SlicedConv2d
 from ..heads import LevelHeads
 from ..norm import SlicedBatchNorm2d
 from .images import TaskInput
 
-FORMAT = "dvn-units-1"
+FORMAT = "dvn-units-2"            # with digests of its header and of every tensor
+_UNCHECKED = "dvn-units-1"        # written before the digests existed: read without them
 PathLike = Union[str, os.PathLike]
 
 #: safetensors dtype codes this format writes and reads
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
           "BF16": torch.bfloat16, "I64": torch.int64}
+_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+_DIGEST_CHARS = 22   # 128 bits in base64, without its padding
 
 
 def block_key(layer: str, out_unit: int, in_unit: Optional[int], what: str = "weight") -> str:
@@ -111,7 +130,7 @@ def save(model: nn.Module, path: PathLike, *,
     """Writes a dvn backbone as a unit file (safetensors, atomically: a temporary file beside
     ``path``, renamed over it). ``tasks``: one input description per task, which ``dvn infer``
     needs to read images for it."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as to_bytes
     spec = getattr(model, "spec", None)
     networks = getattr(model, "networks", None)
     if spec is None or networks is None:
@@ -123,20 +142,27 @@ def save(model: nn.Module, path: PathLike, *,
     if tasks is not None:
         metadata["tasks"] = json.dumps([t.to_dict() for t in tasks])
     tensors = {k: v.cpu() for k, v in unit_tensors(model).items()}
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    metadata["digests"] = "".join(tensor_digest(tensors[k]) for k in sorted(tensors))
+    metadata["sha256"] = header_digest(metadata, {k: (_DTYPE_NAMES[v.dtype], list(v.shape))
+                                                  for k, v in tensors.items()})
+    data = to_bytes(tensors, metadata=metadata)
+    atomic_write(path, lambda f: f.write(data))
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """The first 128 bits of the SHA-256 of a tensor's bytes (as safetensors stores them:
+    contiguous, little-endian), as 22 characters of URL-safe base64."""
+    h = hashlib.sha256(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return base64.urlsafe_b64encode(h.digest()[:16]).decode()[:_DIGEST_CHARS]
+
+
+def header_digest(metadata: dict, entries: dict) -> str:
+    """SHA-256 of what a header says: the spec, tasks and tensor digests of its metadata and
+    each tensor's dtype and shape (``entries``: key -> (safetensors dtype code, shape))."""
+    what = {"spec": metadata.get("spec"), "tasks": metadata.get("tasks"),
+            "digests": metadata.get("digests"),
+            "entries": {k: [d, [int(s) for s in shape]] for k, (d, shape) in entries.items()}}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
 class UnitFile:
@@ -164,17 +190,19 @@ class UnitFile:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"path: {self.path} has an unreadable header ({e})") from None
         metadata = entries.pop("__metadata__", None) or {}
-        if metadata.get("format") != FORMAT:
+        if metadata.get("format") not in (FORMAT, _UNCHECKED):
             raise ValueError(f"path: {self.path} is not a dvn unit file (format "
                              f"{metadata.get('format')!r}, expected {FORMAT!r}); write one "
                              "with dvn.deploy.save")
         self.entries: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+        codes = {}
         for key, entry in entries.items():
             dtype = DTYPES.get(entry.get("dtype") if isinstance(entry, dict) else None)
             if dtype is None:
                 raise ValueError(f"path: {self.path}: tensor {key!r} has an unsupported dtype "
                                  f"{entry.get('dtype') if isinstance(entry, dict) else entry!r}")
             self.entries[key] = (dtype, tuple(entry["shape"]))
+            codes[key] = (entry["dtype"], entry["shape"])
         self.spec = self._json(metadata, "spec")
         tasks = self._json(metadata, "tasks") if "tasks" in metadata else None
         try:
@@ -188,6 +216,18 @@ class UnitFile:
             raise ValueError(f"path: {self.path}: {len(self.tasks)} task descriptions for "
                              f"{self.skeleton.networks.tasks} tasks")
         self._check_tensors()
+        self.digests: Optional[dict[str, str]] = None
+        if metadata["format"] == FORMAT:
+            given = metadata.get("digests", "")
+            names = sorted(self.entries)
+            if len(given) != _DIGEST_CHARS * len(names):
+                raise ValueError(f"path: {self.path} is damaged (its header lacks the digests "
+                                 f"of its tensors)")
+            if metadata.get("sha256") != header_digest(metadata, codes):
+                raise ValueError(f"path: {self.path} is damaged (its header does not match "
+                                 "the digest written with it)")
+            self.digests = {k: given[i * _DIGEST_CHARS:(i + 1) * _DIGEST_CHARS]
+                            for i, k in enumerate(names)}
 
     def _read_header(self) -> bytes:
         fd = os.open(self.path, os.O_RDONLY)
@@ -269,6 +309,9 @@ class UnitFile:
                     raise ValueError(f"path: {self.path} is closed")
                 t = self._file.get_tensor(key)
                 self.bytes_read += t.nbytes
+                if self.digests is not None and tensor_digest(t) != self.digests[key]:
+                    raise ValueError(f"path: {self.path} is damaged (tensor {key!r} does not "
+                                     "match the digest written with it)")
                 out[key] = t if device.type == "cpu" else t.to(device)
         return out
 

@@ -3,20 +3,17 @@ latency (batch 1 and a batch) of the sliced model, its full level and its masked
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from ..checkpoint import CheckpointError, checkpoint_path, model_from, previous_path, read
 from ..export import count_parameters
-from ..training.config import TrainConfig, resolve_device, run_config
-from ..training.data import make_loader, task_splits
+from ..host import machine, resolve_device
+from ..runs import load_run, make_loader, task_splits
+from ..timing import medians, time_calls
 
 
 def accuracy(model: nn.Module, loader: Iterable, task: int, level: int,
@@ -36,58 +33,7 @@ def latency(fns: Sequence[Callable[[], object]], *, repeats: int, warmup: int = 
             device: torch.device = torch.device("cpu")) -> list[float]:
     """Median wall time (s) of each ``fn()`` over ``repeats`` rounds after ``warmup`` rounds;
     the functions alternate within each round, so a noisy machine slows them alike."""
-    return [statistics.median(t) for t in latency_samples(fns, repeats=repeats, warmup=warmup,
-                                                          device=device)]
-
-
-def latency_samples(fns: Sequence[Callable[[], object]], *, repeats: int, warmup: int = 2,
-                    device: torch.device = torch.device("cpu")) -> list[list[float]]:
-    """Wall times (s) of each ``fn()`` in ``repeats`` rounds after ``warmup`` rounds; within
-    a round the functions run in turn, starting from a different one each round."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    sync()
-    times: list[list[float]] = [[] for _ in fns]
-    n = len(fns)
-    for r in range(repeats):
-        for i in range(n):
-            j = (i + r) % n
-            t = time.perf_counter()
-            fns[j]()
-            sync()
-            times[j].append(time.perf_counter() - t)
-    return times
-
-
-def machine(device: torch.device) -> str:
-    """The CPU model name or GPU name, for results files."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_run(run: str, device: torch.device) -> tuple[nn.Module, TrainConfig, dict]:
-    """The model, configuration and checkpoint payload of a run folder or checkpoint file.
-    A missing or damaged checkpoint raises CheckpointError, which points to the previous
-    epoch's checkpoint where one is kept."""
-    path = checkpoint_path(run)
-    try:
-        payload = read(path, training=True)
-    except CheckpointError as e:
-        prev = previous_path(path)
-        if os.path.isfile(prev):
-            raise CheckpointError(f"{e}; the previous epoch's checkpoint is {prev}") from None
-        raise
-    return model_from(payload, path).to(device).eval(), run_config(payload, path), payload
+    return medians(time_calls(fns, repeats=repeats, warmup=warmup, device=device))
 
 
 def _time_levels(model: nn.Module, rows: list[dict], s, backend: str, latency_batch: int,
@@ -109,7 +55,7 @@ def _time_levels(model: nn.Module, rows: list[dict], s, backend: str, latency_ba
                                                                   backend=be))
             reps = repeats if b == 1 else max(3, repeats // 3)
             with torch.no_grad():
-                samples = latency_samples(fns, repeats=reps, device=dev)
+                samples = time_calls(fns, repeats=reps, device=dev)
             for i, r in enumerate(mine):
                 for key, ts in ((f"latency_ms_b{b}", samples[2 * i]),
                                 (f"masked_ms_b{b}", samples[2 * i + 1])):

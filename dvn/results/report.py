@@ -8,6 +8,8 @@ import os
 import sys
 from typing import Optional
 
+from dvn_kernels.files import write_text
+
 
 def attach_baselines(result: dict, baselines: list[dict]) -> dict:
     """Adds, per (task, level) row, the accuracy of the independent network of the same size
@@ -173,19 +175,12 @@ def plot(result: dict, out_dir: str) -> list[str]:
     return paths
 
 
-def _write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write(result: dict, out_dir: str) -> dict:
     """Writes results.json, results.md and the plots into ``out_dir``; returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"json": os.path.join(out_dir, "results.json"),
              "markdown": os.path.join(out_dir, "results.md")}
-    _write(paths["json"], json.dumps(result, indent=1) + "\n")
-    _write(paths["markdown"], markdown(result))
+    write_text(paths["json"], json.dumps(result, indent=1) + "\n")
+    write_text(paths["markdown"], markdown(result))
     paths["plots"] = plot(result, out_dir)
     return paths

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import sys
+
+from .net import bind
 
 #: what to install for the server
 INSTALL = "pip install -e '.[serve]' (or: pip install fastapi uvicorn ray[serve])"
@@ -32,7 +33,8 @@ def add_command(sub, positive) -> None:
                        "or measured at start-up. Ctrl-C or SIGTERM answers what is queued "
                        "and exits. (No --runtime: the deployment runs eager PyTorch only.)")
     p.add_argument("run", help="run folder (its unit file deploy.safetensors is written from "
-                   "checkpoint.pt on first use) or a unit file (.safetensors)")
+                   "checkpoint.pt on first use), a model saved with dvn.save or a unit file "
+                   "(.safetensors)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
                    "127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free "
@@ -62,23 +64,9 @@ def _needs(*modules: str) -> None:
         raise ValueError(f"serve: needs {', '.join(missing)}; install them: {INSTALL}")
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on (host, port); port 0 takes a free one."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise ValueError(f"port: cannot listen on {host}:{port} ({e.strerror or e})") from None
-    sock.listen(2048)
-    return sock
-
-
 def options(a) -> dict:
     """The Service's keyword arguments from the command line."""
-    from ..training.config import resolve_device
+    from ..host import resolve_device
     if not a.max_body_mb > 0:
         raise ValueError(f"max-body-mb: must be positive, got {a.max_body_mb}")
     if not a.margin_ms >= 0:

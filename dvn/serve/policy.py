@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
-from ..deploy.budget import Profile
+from ..deploy.profiles import Profile
 
 
 @dataclass(frozen=True)

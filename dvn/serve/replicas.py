@@ -90,7 +90,7 @@ def serve_replicas(run: str, host: str, port: int, replicas: int, options: dict,
     """``dvn serve --replicas N``: runs until Ctrl-C or SIGTERM, then shuts Ray down."""
     from .service import log
     if port == 0:
-        from .command import bind
+        from .net import bind
         sock = bind(host, 0)
         port = sock.getsockname()[1]
         sock.close()

@@ -13,8 +13,9 @@ from typing import Optional, Union
 
 import torch
 
-from ..deploy.budget import Profile, file_id
 from ..deploy.deployment import Deployment, load_level, storage_bytes
+from ..deploy.profiles import Profile, file_id
+from ..timing import time_calls
 from .metrics import Metrics
 from .policy import LatencyModel
 from .scheduler import Request, Scheduler
@@ -31,12 +32,9 @@ def measure_profile(dep: Deployment, batch: int, repeats: int = 5) -> Profile:
         row = {"task": task, "level": level}
         for b in sorted({1, batch}):
             x = torch.randn(b, ch, size, size, device=dep.device)
-            dep(x, task, level)
-            times = []
-            for _ in range(repeats if b == 1 else max(2, repeats // 2)):
-                t = time.perf_counter()
-                dep(x, task, level)
-                times.append(time.perf_counter() - t)
+            times, = time_calls([lambda: dep(x, task, level)], warmup=1,
+                                repeats=repeats if b == 1 else max(2, repeats // 2),
+                                device=dep.device)
             row[f"latency_ms_b{b}"] = 1e3 * sorted(times)[len(times) // 2]
         rows.append(row)
     return Profile(rows, {"batch": batch, "repeats": repeats, "source": "measured at start-up",

@@ -2,14 +2,16 @@
 the loop with exact resume, DistributedDataParallel under torchrun, and the joint-objective
 throughput benchmark.
 
-The loop (``train``) is imported on first use, so the run descriptions (scenarios,
-``TrainConfig``) and data plans load without it: ``dvn.results`` and ``dvn eval`` never
-import the trainer.
+The loop (``train``) is imported on first use, so the objectives and data plans load without
+it. What a run is (its scenario, ``TrainConfig``, paths, ``load_run``) is :mod:`dvn.scenarios`
+and :mod:`dvn.runs`, re-exported here; ``dvn.results``, ``dvn eval`` and deployment read runs
+through those and never import the trainer.
 """
 
-from .config import TrainConfig, resolve_device
+from ..host import resolve_device
+from ..runs import TrainConfig
+from ..scenarios import PRESETS, SCENARIOS, Scenario, get_scenario
 from .losses import distillation_loss, joint_loss, label_map, sequential_loss
-from .scenarios import PRESETS, SCENARIOS, Scenario, get_scenario
 from .schedule import lr_at
 
 __all__ = [

@@ -9,12 +9,12 @@ and 2.13x for k=4).
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Sequence
 
 import torch
 
 from .. import backbones
+from ..timing import time_calls
 from ..twin import MaskedTwin
 from .losses import joint_loss
 
@@ -37,24 +37,18 @@ def bench_joint(units: int, *, depth: int = 14, width: int = 4, batch: int = 32,
     batches = {j: (torch.randn(batch, channels, size, size, device=dev),
                    torch.randint(0, 10, (batch,), device=dev)) for j in range(1, units + 1)}
     configs = [(j, l) for j in range(1, units + 1) for l in range(1, units + 1)]
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
-    def step(runner) -> float:
-        sync()
-        t = time.perf_counter()
+    def step(runner) -> None:
         loss = joint_loss(runner, batches, configs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sync()
-        return time.perf_counter() - t
 
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for i in range(warmup + steps):
-        for name, runner in runners.items():  # alternate: both see the same machine noise
-            dt = step(runner)
-            if i >= warmup:
-                times[name].append(dt)
+    # alternating: both see the same machine noise
+    names = list(runners)
+    samples = time_calls([lambda r=runners[k]: step(r) for k in names], repeats=steps,
+                         warmup=warmup, order="fixed", device=dev)
+    times = dict(zip(names, samples))
     med = {name: statistics.median(t) for name, t in times.items()}
     return {"units": units, "backbone": f"wrn-{depth}-{width}", "batch_per_task": batch,
             "input": [channels, size, size], "steps": steps, "warmup": warmup,

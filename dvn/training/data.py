@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Optional
 
 import torch
 
+from ..runs import make_loader, task_splits  # noqa: F401  (the plans load their data with them)
 from .losses import label_map
-from .scenarios import Scenario
-
-
-def task_splits(scenario: Scenario, split: str, *, root: Optional[str] = None,
-                subset: Optional[int] = None, seed: int = 0,
-                tasks: Optional[Sequence[int]] = None) -> dict[int, "object"]:
-    """Task number (1-based) -> dvn.data Split of ``split``, cut to ``subset`` images."""
-    from dvn.data import task
-
-    from .synthetic import ENV, enabled, synthetic_task
-    if enabled():
-        print(f"warning: {ENV} is set: synthetic stand-in data, not the real datasets",
-              file=sys.stderr)
-        task = synthetic_task
-    out = {}
-    for j in (tasks or range(1, len(scenario.tasks) + 1)):
-        s = task(scenario.tasks[j - 1], split, root=root)
-        if subset is not None and subset < len(s):
-            s = s.subset(subset, seed=seed)
-        out[j] = s
-    return out
 
 
 def hierarchy(coarse, fine) -> torch.Tensor:
@@ -86,14 +65,3 @@ class Batches:
                        for t, table in self.tables.items()}
             else:
                 yield got
-
-
-def make_loader(split, scenario: Scenario, task: int, *, train: bool, batch_size: int, seed: int,
-                rank: int = 0, world_size: int = 1):
-    """A loader of ``split`` at the task's input size and channels; training loaders augment
-    unless the scenario turns augmentation off."""
-    from dvn.data import loader
-    return loader(split, batch_size=batch_size, train=train,
-                  size=scenario.input_sizes[task - 1], channels=scenario.channels[task - 1],
-                  augment=None if scenario.augment else False, seed=seed, rank=rank,
-                  world_size=world_size)

@@ -18,11 +18,11 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ..runs import TrainConfig
+from ..scenarios import Scenario
 from . import distributed
-from .config import TrainConfig
 from .data import Batches, hierarchy, make_loader, task_splits
 from .losses import Stats, joint_loss, sequential_loss
-from .scenarios import Scenario
 from .teacher import Teacher, freeze_batch_norm
 
 Loss = Callable[[nn.Module, dict, Stats, int], torch.Tensor]  # (model, batches, stats, step)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .scenarios import Scenario
+from ..scenarios import Scenario
 
 
 def lr_at(scenario: Scenario, step: int, total: int) -> float:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..checkpoint import checkpoint_path, model_from, read
+from ..checkpoint import model_from
 from ..norm import SlicedBatchNorm2d
-from .config import trained_configs
+from ..runs import checkpoint_path, read, trained_configs
 
 
 class Teacher:

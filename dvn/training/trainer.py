@@ -13,15 +13,18 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from dvn_kernels.files import move_aside
+
 from .. import backbones
-from ..checkpoint import CHECKPOINT, CheckpointError, previous_path, read, save
+from ..checkpoint import CheckpointError, save
 from ..export import count_parameters
+from ..host import resolve_device
+from ..runs import CHECKPOINT, TrainConfig, previous_path, read, run_config
+from ..scenarios import Scenario
 from . import distributed
-from .config import TrainConfig, resolve_device, run_config
 from .plans import Plan, make_plan
 from .progress import Progress
 from .rng import rng_state, seed_all, set_rng_state
-from .scenarios import Scenario
 from .schedule import lr_at
 
 
@@ -68,7 +71,7 @@ def resume_point(config: TrainConfig, resume: bool, world: distributed.World) ->
                              "the same arguments or use another --out")
         if p != path and world.main:
             if errors:
-                os.replace(path, path + ".damaged")
+                move_aside(path, ".damaged")
             why = f"{errors[0]}; moved it to {path}.damaged" if errors else f"no {path}"
             print(f"warning: {why}; resuming from the previous epoch's {p}", file=sys.stderr,
                   flush=True)

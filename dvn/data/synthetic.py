@@ -1,8 +1,9 @@
 """Learnable synthetic stand-ins for the named tasks, for tests and smoke runs without data.
 
-Enabled by ``DVN_SYNTHETIC_DATA=1`` (read by the trainer and eval when they load tasks, so it
-reaches torchrun workers and subprocesses). Each image of fine class c in 0..9 is noise plus a
-bright patch at a class-specific place; ``*-coarse`` tasks label the same images c // 5,
+Enabled by ``DVN_SYNTHETIC_DATA=1`` (read by ``dvn.runs.task_splits`` whenever a run's tasks
+are loaded: training, eval and a run's unit file; an environment variable, so it reaches
+torchrun workers and subprocesses). Each image of fine class c in 0..9 is noise plus a bright
+patch at a class-specific place; ``*-coarse`` tasks label the same images c // 5,
 ``*-0-4`` / ``*-5-9`` keep the classes 0-4 / 5-9 (relabelled 0-4), as the real tasks do.
 """
 

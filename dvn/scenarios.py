@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..backbones import BUILDERS
+from .backbones import BUILDERS
 
 KINDS = ("joint", "hierarchical", "sequential")
 SCHEDULES = ("step", "linear")
