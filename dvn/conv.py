@@ -20,7 +20,7 @@ Padding = Union[str, tuple[int, ...]]
 
 
 class SlicedConvForward:
-    """The forward path shared by ``SlicedConv2d`` and ``dvn.deploy.SharedConv2d``: resolve
+    """The forward path shared by ``SlicedConv2d`` and ``dvn.deploy.shared.SharedConv2d``: resolve
     the selection (``dvn.networks.resolve``), pad the input when the padding mode is not
     zeros, and run the selection's units with its backend (``dvn.networks.conv_backend``).
 

@@ -1,8 +1,8 @@
-"""Training of DVNs: the paper's objectives, scenarios and presets, each scenario kind's plan,
+"""Training of DVNs: the paper's objectives, scenarios and presets, each scenario kind's recipe,
 the loop with exact resume, DistributedDataParallel under torchrun, and the joint-objective
 throughput benchmark.
 
-The loop (``train``) is imported on first use, so the objectives and data plans load without
+The loop (``train``) is imported on first use, so the objectives and data recipes load without
 it. What a run is (its scenario, ``TrainConfig``, paths, ``load_run``) is :mod:`dvn.scenarios`
 and :mod:`dvn.runs`, re-exported here; ``dvn.results``, ``dvn eval`` and deployment read runs
 through those and never import the trainer.

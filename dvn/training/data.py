@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ..runs import make_loader, task_splits  # noqa: F401  (the plans load their data with them)
+from ..runs import make_loader, task_splits  # noqa: F401  (the recipes load their data with them)
 from .losses import label_map
 
 

@@ -1,4 +1,4 @@
-"""The training loop: resume or start, the scenario kind's plan, the epochs, and an atomic
+"""The training loop: resume or start, the scenario kind's recipe, the epochs, and an atomic
 checkpoint after each (the previous one kept beside it) from which a resumed run continues
 exactly as an uninterrupted one would."""
 
@@ -22,7 +22,7 @@ from ..host import resolve_device
 from ..runs import CHECKPOINT, TrainConfig, previous_path, read, run_config
 from ..scenarios import Scenario
 from . import distributed
-from .plans import Plan, make_plan
+from .recipes import Recipe, make_recipe
 from .progress import Progress
 from .rng import rng_state, seed_all, set_rng_state
 from .schedule import lr_at
@@ -36,16 +36,16 @@ def build_model(scenario: Scenario, num_classes: list[int], backend: str) -> nn.
 
 class Objective(nn.Module):
     """One training step's loss as a single module call, so DDP sees one forward per backward.
-    The plan (and its teacher) is plain data, outside the module tree: never trained, never
+    The recipe (and its teacher) is plain data, outside the module tree: never trained, never
     synchronised."""
 
-    def __init__(self, model: nn.Module, plan: Plan) -> None:
+    def __init__(self, model: nn.Module, recipe: Recipe) -> None:
         super().__init__()
-        self.model, self.plan = model, plan
+        self.model, self.recipe = model, recipe
 
     def forward(self, batches: dict, step: int) -> tuple[torch.Tensor, dict]:
         stats: dict = {}
-        return self.plan.loss(self.model, batches, stats, step), stats
+        return self.recipe.loss(self.model, batches, stats, step), stats
 
 
 def resume_point(config: TrainConfig, resume: bool, world: distributed.World) -> Optional[dict]:
@@ -106,11 +106,11 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: Optional[int
         device = torch.device("cuda", world.local_rank)
     payload = resume_point(config, resume, world)
     seed_all(config.seed)
-    plan = make_plan(config, world, device)
-    model = build_model(plan.scenario, plan.num_classes, config.backend)
+    recipe = make_recipe(config, world, device)
+    model = build_model(recipe.scenario, recipe.num_classes, config.backend)
     if payload is None:
-        plan.start(model)
-    run = _Run(config, plan, model.to(device), world, device, quiet)
+        recipe.start(model)
+    run = _Run(config, recipe, model.to(device), world, device, quiet)
     run.begin(payload)
     for epoch in range(run.done, min(run.epochs, run.done + (stop_after or run.epochs))):
         run.train_epoch(epoch)
@@ -122,17 +122,17 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: Optional[int
 class _Run:
     """The state of one run's epoch loop: optimizer, step, history; saved after every epoch."""
 
-    def __init__(self, config: TrainConfig, plan: Plan, model: nn.Module,
+    def __init__(self, config: TrainConfig, recipe: Recipe, model: nn.Module,
                  world: distributed.World, device: torch.device, quiet: bool) -> None:
-        s = plan.scenario
-        self.config, self.plan, self.model, self.world, self.device = \
-            config, plan, model, world, device
+        s = recipe.scenario
+        self.config, self.recipe, self.model, self.world, self.device = \
+            config, recipe, model, world, device
         self.quiet = quiet or not world.main
-        self.step_fn = distributed.wrap(Objective(model, plan), world, device)
+        self.step_fn = distributed.wrap(Objective(model, recipe), world, device)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum,
                                          nesterov=s.momentum > 0, weight_decay=s.weight_decay)
         self.path = os.path.join(config.out, CHECKPOINT)
-        self.epochs, self.steps = s.epochs, len(plan.data)
+        self.epochs, self.steps = s.epochs, len(recipe.data)
         self.total = self.steps * s.epochs
         self.done, self.step, self.history = 0, 0, []
         self.summary = {
@@ -164,15 +164,15 @@ class _Run:
                  f"(step {self.step})")
 
     def train_epoch(self, epoch: int) -> None:
-        """One pass over the plan's data; appends the epoch's record (per (task, level) mean
+        """One pass over the recipe's data; appends the epoch's record (per (task, level) mean
         loss and training accuracy over every rank) to the history."""
-        s, model, optimizer = self.plan.scenario, self.model, self.optimizer
-        self.plan.train_mode(model)
+        s, model, optimizer = self.recipe.scenario, self.model, self.optimizer
+        self.recipe.train_mode(model)
         sums: dict = {}
         tic = time.perf_counter()
         with Progress(self.steps, f"epoch {epoch + 1}/{self.epochs}",
                       enabled=False if self.quiet else None) as bar:
-            for batches in self.plan.data.epoch(epoch, self.device):
+            for batches in self.recipe.data.epoch(epoch, self.device):
                 lr = lr_at(s, self.step, self.total)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -184,7 +184,7 @@ class _Run:
                         f"holds epoch {epoch}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                self.plan.before_update(model, self.step)
+                self.recipe.before_update(model, self.step)
                 optimizer.step()
                 self.step += 1
                 for key, (l, c, m) in stats.items():
@@ -213,7 +213,7 @@ class _Run:
     def save(self) -> None:
         """The checkpoint of the last finished epoch (rank 0 writes; every rank waits)."""
         if self.world.main:
-            s, step, total = self.plan.scenario, self.step, self.total
+            s, step, total = self.recipe.scenario, self.step, self.total
             save(self.model, self.path, keep_previous=True, extra={"train": {
                 "config": self.config.to_dict(), "epoch": self.done, "step": step,
                 "optimizer": self.optimizer.state_dict(), "rng": rng_state(),

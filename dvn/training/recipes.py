@@ -1,4 +1,4 @@
-"""Each scenario kind's plan, in one place: which tasks' data a run draws and how, its loss,
+"""Each scenario kind's recipe, in one place: which tasks' data a run draws and how, its loss,
 the learning rate it trains at, and what it does to the model (start from a teacher, keep the
 old tasks' batch norm statistics).
 
@@ -29,7 +29,7 @@ Loss = Callable[[nn.Module, dict, Stats, int], torch.Tensor]  # (model, batches,
 
 
 @dataclass
-class Plan:
+class Recipe:
     """How one run trains. ``scenario`` is the scenario as this run trains it (the sequential
     stage at its ``finetune_lr``); ``frozen_norms``: tasks whose batch norm statistics stay."""
 
@@ -85,14 +85,14 @@ def _cross_entropy(configs: list[tuple[int, int]]) -> Loss:
     return lambda model, batches, stats, step: joint_loss(model, batches, configs, stats)
 
 
-def _joint(config: TrainConfig, world: distributed.World, device: torch.device) -> Plan:
+def _joint(config: TrainConfig, world: distributed.World, device: torch.device) -> Recipe:
     src = _Source(config, world)
     loaders = {j: src.loader(split, j) for j, split in src.splits.items()}
-    return Plan(config.scenario, Batches(loaders, "per-task"), src.num_classes,
+    return Recipe(config.scenario, Batches(loaders, "per-task"), src.num_classes,
                 _cross_entropy(config.configs()))
 
 
-def _hierarchical(config: TrainConfig, world: distributed.World, device: torch.device) -> Plan:
+def _hierarchical(config: TrainConfig, world: distributed.World, device: torch.device) -> Recipe:
     """The label tables come from the full splits, then one subset of the fine task's images
     serves every task (with or without ``only``)."""
     s = config.scenario
@@ -104,11 +104,11 @@ def _hierarchical(config: TrainConfig, world: distributed.World, device: torch.d
     fine = src.splits[n]
     if s.train_subset is not None and s.train_subset < len(fine):
         fine = fine.subset(s.train_subset, seed=config.seed)
-    return Plan(s, Batches({n: src.loader(fine, n)}, "shared", tables), src.num_classes,
+    return Recipe(s, Batches({n: src.loader(fine, n)}, "shared", tables), src.num_classes,
                 _cross_entropy(config.configs()))
 
 
-def _independent(config: TrainConfig, world: distributed.World, device: torch.device) -> Plan:
+def _independent(config: TrainConfig, world: distributed.World, device: torch.device) -> Recipe:
     """Each trained task on its own data. Of a joint scenario, an epoch is as long as the
     DVN's (its largest task), so an independent network trains as many steps as its task gets
     in the DVN; of a sequential one, a pass over its task, as in that task's stage."""
@@ -121,11 +121,11 @@ def _independent(config: TrainConfig, world: distributed.World, device: torch.de
     steps = None
     if s.kind == "joint":
         steps = max(len(src.loader(split, j)) for j, split in src.splits.items())
-    return Plan(s, Batches(loaders, "per-task", steps=steps), src.num_classes,
+    return Recipe(s, Batches(loaders, "per-task", steps=steps), src.num_classes,
                 _cross_entropy(config.configs()))
 
 
-def _sequential(config: TrainConfig, world: distributed.World, device: torch.device) -> Plan:
+def _sequential(config: TrainConfig, world: distributed.World, device: torch.device) -> Recipe:
     """The new task's stage: starts from the old network (the teacher), sees the new task's
     images only, distils every level of the old tasks toward the teacher's outputs on them and
     keeps the old tasks' batch norm statistics. With ``lwf_warmup``, LwF's warm-up comes
@@ -146,7 +146,7 @@ def _sequential(config: TrainConfig, world: distributed.World, device: torch.dev
         return sequential_loss(model, teacher, batches[n], range(1, n), n, s.units,
                                temperature=s.temperature, weight=s.distill_weight, stats=stats)
 
-    return Plan(s, data, src.num_classes, loss, teacher=teacher,
+    return Recipe(s, data, src.num_classes, loss, teacher=teacher,
                 frozen_norms=tuple(range(1, n)), warmup_steps=warmup, warmup_tasks=(n,))
 
 
@@ -154,6 +154,6 @@ PLANS = {"joint": _joint, "hierarchical": _hierarchical, "independent": _indepen
          "sequential": _sequential}
 
 
-def make_plan(config: TrainConfig, world: distributed.World, device: torch.device) -> Plan:
-    """The plan of ``config``'s kind."""
+def make_recipe(config: TrainConfig, world: distributed.World, device: torch.device) -> Recipe:
+    """The recipe of ``config``'s kind."""
     return PLANS[config.kind](config, world, device)
