@@ -2,7 +2,7 @@
 separately loaded model per (task, level).
 
     python -m bench.serve                                  # fmnist-joint's WRN-14-2, k = 2
-    python -m bench.serve --json bench/results/serve-small-stand-in-cpu-2core.json
+    python -m bench.serve --stand-in small --json bench/results/serve-small-stand-in-cpu-2core.json
 
 The server runs in a child process on 127.0.0.1 (an ephemeral port), one torch thread; the
 client (this process, asyncio + httpx) replays one open-loop trace per mode: Poisson arrivals
