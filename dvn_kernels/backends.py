@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
 from . import extension
 from .choice import Chooser
-from .native import native_conv2d, native_conv2d_backward
+from .ops import (Implementation, kernel_conv2d, kernel_conv2d_backward, native_ops,
+                  triton_ops)
 from .plan import ConvPlan
-from .reference import Grads, Mask, masked_conv2d, reference_conv2d, reference_conv2d_backward
+from .reference import masked_conv2d, reference_conv2d, reference_conv2d_backward
 
 BACKENDS = ("auto", "reference", "masked", "cpu", "triton", "cuda")
 CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -87,22 +88,6 @@ def _why_triton_unavailable(device: torch.device, dtype: torch.dtype) -> Optiona
     return None
 
 
-def _triton_conv2d(plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
-                   bias: Optional[torch.Tensor]) -> torch.Tensor:
-    from .triton import triton_conv2d  # imports Triton: only when the backend runs
-
-    return triton_conv2d(plan, x, weight, bias)
-
-
-def _triton_conv2d_backward(plan: ConvPlan, grad_out: torch.Tensor, x: torch.Tensor,
-                            weight: torch.Tensor, mask: Mask) -> Grads:
-    from . import triton  # noqa: F401  (registers the Triton ops)
-
-    grads = torch.ops.dvn_kernels.triton_sliced_conv2d_backward(grad_out, x, weight, plan.spec,
-                                                                list(mask))
-    return tuple(g if m else None for g, m in zip(grads, mask))  # type: ignore[return-value]
-
-
 def _why_cuda_unavailable(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     if not extension.LOADED:
         return f"the C++ extension dvn_kernels._C did not load ({extension.LOAD_ERROR}); " \
@@ -146,9 +131,6 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     return backend
 
 
-Implementation = Callable[[ConvPlan, torch.Tensor, torch.Tensor, Optional[torch.Tensor]],
-                          torch.Tensor]
-
 def kernel_unsupported(backend: str, plan: ConvPlan) -> Optional[str]:
     """Why the kernel backend cannot run ``plan``, or None when it can."""
     return plan.kernel_reason
@@ -175,24 +157,32 @@ def _auto(backend: str, run: Implementation) -> Implementation:
     return chosen
 
 
+# The kernel backends: one wrapper (dvn_kernels.ops.kernel_conv2d) around each backend's op.
+_NATIVE_FORWARD, _NATIVE_BACKWARD = native_ops() if extension.LOADED else (None, None)
+_TRITON_FORWARD, _TRITON_BACKWARD = triton_ops()
+native_conv2d = kernel_conv2d(_NATIVE_FORWARD)  # the C++ op on CPU tensors, CUDA on GPU ones
+native_conv2d_backward = kernel_conv2d_backward(_NATIVE_BACKWARD)
+triton_conv2d = kernel_conv2d(_TRITON_FORWARD)
+triton_conv2d_backward = kernel_conv2d_backward(_TRITON_BACKWARD)
+
 IMPLEMENTATIONS: dict[str, Implementation] = {
     "reference": reference_conv2d,
     "masked": masked_conv2d,
     "cpu": _kernel("cpu", native_conv2d),
-    "triton": _kernel("triton", _triton_conv2d),
+    "triton": _kernel("triton", triton_conv2d),
     "cuda": _kernel("cuda", native_conv2d),
 }
 _AUTO: dict[str, Implementation] = {
     "reference": reference_conv2d,
     "cpu": _auto("cpu", native_conv2d),
-    "triton": _auto("triton", _triton_conv2d),
+    "triton": _auto("triton", triton_conv2d),
     "cuda": _auto("cuda", native_conv2d),
 }
 
 BACKWARDS = {  # the backward of each backend that auto may pair with another's forward
     "reference": reference_conv2d_backward,
     "cpu": native_conv2d_backward,
-    "triton": _triton_conv2d_backward,
+    "triton": triton_conv2d_backward,
     "cuda": native_conv2d_backward,
 }
 

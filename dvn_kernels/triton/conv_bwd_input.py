@@ -22,7 +22,7 @@ import triton.language as tl
 from . import configs
 from .common import channel, swizzle
 from ..segments import ChannelSegments
-from .segments import gemm_layout, kernel_ranges
+from .layout import gemm_layout
 
 _NO_SPECIALIZE = ["C_IN_U", "C_OUT_U", "CIN_G_U", "COUT_G_U", "in_s0_u", "in_l0_u", "in_s1_u",
                   "out_s0_u", "out_l0_u", "out_s1_u", "M_BUCKET", "N_BUCKET", "K_BUCKET"]
@@ -219,8 +219,8 @@ def conv_grad_input(grad_y: torch.Tensor, weight: torch.Tensor, ins: ChannelSegm
         return (triton.cdiv(mc, meta["BLOCK_M"]) * triton.cdiv(cin_g, meta["BLOCK_N"]),
                 classes * active, split_k)
 
-    in_s0, in_l0, in_s1, two_in = kernel_ranges(ins)
-    out_s0, out_l0, out_s1, two_out = kernel_ranges(outs)
+    in_s0, in_l0, in_s1, two_in = ins.kernel_scalars()
+    out_s0, out_l0, out_s1, two_out = outs.kernel_scalars()
     align = configs.channel_align(c_in, c_out, cin_g, cout_g, in_s0, in_l0, in_s1, out_s0,
                                   out_l0, out_s1)
     configs.launcher(_dgrad_kernel, ws)[grid](

@@ -23,7 +23,7 @@ import triton.language as tl
 from . import configs
 from .common import channel, swizzle
 from ..segments import ChannelSegments
-from .segments import gemm_layout, kernel_ranges
+from .layout import gemm_layout
 
 _NO_SPECIALIZE = ["C_IN_U", "C_OUT_U", "CIN_G_U", "COUT_G_U", "in_s0_u", "in_l0_u", "in_s1_u",
                   "out_s0_u", "out_l0_u", "out_s1_u", "M_BUCKET", "N_BUCKET", "K_BUCKET"]
@@ -176,8 +176,8 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cout_g, meta["BLOCK_N"]), active,
                 split_k)
 
-    in_s0, in_l0, in_s1, two_in = kernel_ranges(ins)
-    out_s0, out_l0, out_s1, two_out = kernel_ranges(outs)
+    in_s0, in_l0, in_s1, two_in = ins.kernel_scalars()
+    out_s0, out_l0, out_s1, two_out = outs.kernel_scalars()
     align = configs.channel_align(c_in, c_out, cin_g, cout_g, in_s0, in_l0, in_s1, out_s0,
                                   out_l0, out_s1)
     configs.launcher(_fwd_kernel, ws)[grid](
