@@ -126,7 +126,7 @@ def test_direct_op_calls_are_checked_in_cpp():
     with pytest.raises(TypeError, match="x: dtype Double does not match weight's dtype Float"):
         op(X.double(), W, B, spec("0+4"))
     with pytest.raises(ValueError, match="spec: stride and dilation must be >= 1"):
-        op(X, W, B, spec("0:4", stride="0,1"))
+        op(X, W, B, spec("0+4", stride="0,1"))
     with pytest.raises(ValueError, match="groups: the kernels compute whole groups"):
         op(X, W, B, spec("0+4").replace("groups=1", "groups=2"))
     with pytest.raises(ValueError, match="groups: weight's C_out=8 is not divisible by "

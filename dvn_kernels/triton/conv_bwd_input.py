@@ -84,7 +84,7 @@ def _dgrad_kernel(g, w, gx, ws,
                   TWO_OUT: tl.constexpr, UNIT_STRIDE: tl.constexpr, DIRECT: tl.constexpr,
                   CHANNELS_LAST: tl.constexpr, PRECISION: tl.constexpr, GROUPED: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  GROUP_M: tl.constexpr = 8):
+                  SWIZZLE_M: tl.constexpr = 8):
     # Channel counts and segment scalars arrive in units of ALIGN channels, so the compiler
     # knows their alignment (vector loads, pipelined copies) without specialising on values.
     C_IN = C_IN_U * ALIGN
@@ -104,7 +104,7 @@ def _dgrad_kernel(g, w, gx, ws,
         K_G = C_OUT
     MC = N * HC * WC  # pixels of one parity class (padded to the largest class)
     pid_m, pid_n = swizzle(tl.program_id(0), tl.cdiv(MC, BLOCK_M), tl.cdiv(N_G, BLOCK_N),
-                           GROUP_M)
+                           SWIZZLE_M)
     classes = STRIDE_H * STRIDE_W
     grp = tl.program_id(1) // classes
     cls = tl.program_id(1) - grp * classes

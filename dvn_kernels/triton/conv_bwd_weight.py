@@ -55,7 +55,7 @@ def _wgrad_kernel(g, x, gw, ws,
                   TWO_OUT: tl.constexpr, NO_PAD: tl.constexpr, DIRECT: tl.constexpr,
                   CHANNELS_LAST: tl.constexpr, PRECISION: tl.constexpr, GROUPED: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  GROUP_M: tl.constexpr = 8):
+                  SWIZZLE_M: tl.constexpr = 8):
     # Channel counts and segment scalars arrive in units of ALIGN channels, so the compiler
     # knows their alignment (vector loads, pipelined copies) without specialising on values.
     C_IN = C_IN_U * ALIGN
@@ -78,7 +78,7 @@ def _wgrad_kernel(g, x, gw, ws,
     NPQ = N * P * Q
     ci_blocks = tl.cdiv(N_G, BLOCK_N)
     pid_m, pid_n = swizzle(tl.program_id(0), tl.cdiv(M_G, BLOCK_M), KH * KW * ci_blocks,
-                           GROUP_M)
+                           SWIZZLE_M)
     pid_k = tl.program_id(2)
     tap = pid_n // ci_blocks
     kh = tap // KW

@@ -58,7 +58,7 @@ def _fwd_kernel(x, w, b, y, ws,
                 DIRECT: tl.constexpr, CHANNELS_LAST: tl.constexpr, PRECISION: tl.constexpr,
                 GROUPED: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                GROUP_M: tl.constexpr = 8):
+                SWIZZLE_M: tl.constexpr = 8):
     # Channel counts and segment scalars arrive in units of ALIGN channels, so the compiler
     # knows their alignment (vector loads, pipelined copies) without specialising on values.
     C_IN = C_IN_U * ALIGN
@@ -80,7 +80,7 @@ def _fwd_kernel(x, w, b, y, ws,
     c0 = tl.program_id(1) * K_G
     M = N * P * Q
     pid_m, pid_n = swizzle(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N_G, BLOCK_N),
-                           GROUP_M)
+                           SWIZZLE_M)
     pid_k = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
