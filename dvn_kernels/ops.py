@@ -194,7 +194,7 @@ def define_triton_ops(forward: ForwardKernel, backward: BackwardKernel, interpre
             op = torch.library.custom_op(qualname, fn, mutates_args=(), schema=schema)
             op.register_fake(fake)
         else:
-            op = torch.library.triton_op(qualname, fn, mutates_args=(), schema=schema)
+            op = _triton_op(qualname, fn, schema)
         defined.append(op)
 
     def setup_context(ctx, inputs, output) -> None:
@@ -213,6 +213,21 @@ def define_triton_ops(forward: ForwardKernel, backward: BackwardKernel, interpre
         return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None, None)
 
     defined[0].register_autograd(autograd_backward, setup_context=setup_context)
+
+
+def _triton_op(qualname: str, fn: Callable, schema: str):
+    """``torch.library.triton_op(qualname, fn, schema=schema)``, the schema honoured on every
+    supported torch: torch 2.11's triton_op takes ``schema=`` but infers the schema from
+    ``fn``'s annotations instead, and no annotation infers ``bool[3]``. So its inference is
+    replaced by ``schema`` for this one call (torch 2.14 does not call it when given one)."""
+    from torch._library import triton as triton_library
+
+    infer = triton_library.infer_schema
+    triton_library.infer_schema = lambda *args, **kwargs: schema
+    try:
+        return torch.library.triton_op(qualname, fn, mutates_args=(), schema=schema)
+    finally:
+        triton_library.infer_schema = infer
 
 
 class _TritonOp:

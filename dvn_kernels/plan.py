@@ -28,7 +28,7 @@ from typing import Optional, Union
 import torch
 
 from .segments import ChannelSegments, SegmentsLike, as_segments
-from .spec import KERNEL_RANGES, KernelSpec, output_size  # noqa: F401  (output_size: re-export)
+from .spec import KERNEL_RANGES, KernelSpec
 
 IntPair = Union[int, tuple[int, int], list[int]]
 

@@ -43,7 +43,7 @@ class KernelSpec(NamedTuple):
 
     def text(self) -> str:
         """The spec string the kernel ops take (at most two ranges per side)."""
-        return (f"in={_ranges_text(self.in_segments)} out={_ranges_text(self.out_segments)} "
+        return (f"in={ranges_text(self.in_segments)} out={ranges_text(self.out_segments)} "
                 f"stride={self.stride[0]},{self.stride[1]} "
                 f"padding={self.padding[0]},{self.padding[1]} "
                 f"dilation={self.dilation[0]},{self.dilation[1]} groups={self.groups}")
@@ -57,7 +57,8 @@ class KernelSpec(NamedTuple):
                 output_size(w, kw, self.stride[1], self.padding[1], self.dilation[1])]
 
 
-def _ranges_text(segments: ChannelSegments) -> str:
+def ranges_text(segments: ChannelSegments) -> str:
+    """The ranges of a side as the spec string writes them: ``start+length``, comma-separated."""
     return ",".join(f"{start}+{length}" for start, length in segments.ranges)
 
 

@@ -193,3 +193,27 @@ def test_kernel_scalars_are_the_ranges():
 def test_grad_mask_drops_an_absent_bias():
     assert ops.grad_mask((True, False, True), has_bias=False) == [True, False, False]
     assert ops.grad_mask((False, True, True), has_bias=True) == [False, True, True]
+
+
+@pytest.mark.skipif(not (extension.LOADED and dvn_kernels.backends.TRITON_INSTALLED
+                         and hasattr(torch.library, "triton_op")), reason="needs Triton")
+def test_triton_op_path_declares_the_native_schemas():
+    """Off the interpreter the Triton ops are triton_ops (the GPU path): the same schemas
+    (torch 2.11's triton_op would infer ``bool[]`` from annotations; ops.py keeps bool[3])."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch, dvn_kernels.triton\n"
+            "from dvn_kernels import ops\n"
+            "from dvn_kernels.triton import configs\n"
+            "assert not configs.INTERPRET\n"
+            "for n, t in zip(ops.NATIVE_OPS, ops.TRITON_OPS):\n"
+            "    a = str(getattr(torch.ops.dvn_kernels, n).default._schema).split('(', 1)[1]\n"
+            "    b = str(getattr(torch.ops.dvn_kernels, t).default._schema).split('(', 1)[1]\n"
+            "    assert a == b, (a, b)\n"
+            "print('same')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and "same" in result.stdout, result.stderr[-3000:]
