@@ -111,11 +111,6 @@ class ConvPlan:
     def dilation(self) -> tuple[int, int]:
         return self.kernel.dilation
 
-    @property
-    def gathers(self) -> bool:
-        """True when a side is gathered before the kernel ops (``kernel_operands``)."""
-        return self.in_gather is not None or self.out_gather is not None
-
     def output_shape(self, x_shape: Sequence[int]) -> list[int]:
         return self.kernel.output_shape(x_shape, self.weight_shape)
 
