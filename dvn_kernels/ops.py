@@ -14,8 +14,8 @@ Four ops, two per backend, with one pair of schemas (``FORWARD_SCHEMA``, ``BACKW
 
 ``spec`` is a kernel spec string (``dvn_kernels.spec``). Every Python entry point of these ops
 (the four fakes and the two Triton ops) checks its arguments with ``check_call``, which raises
-the errors of the C++ checks, naming the same argument. ``kernel_conv2d`` and
-``kernel_conv2d_backward`` turn a forward or backward op into a backend of ``sliced_conv2d``.
+the errors of the C++ checks, naming the same argument. ``dvn_kernels.backends`` calls the ops
+(``kernel_conv2d``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import torch
 
 from . import extension
 from .channels import follow_format
-from .plan import ConvPlan
-from .reference import Grads, Mask
 from .spec import KernelSpec, parse_spec
 
 FORWARD_SCHEMA = "(Tensor x, Tensor weight, Tensor? bias, str spec) -> Tensor"
@@ -228,56 +226,3 @@ def _triton_op(qualname: str, fn: Callable, schema: str):
         return torch.library.triton_op(qualname, fn, mutates_args=(), schema=schema)
     finally:
         triton_library.infer_schema = infer
-
-
-class _TritonOp:
-    """A Triton op, looked up on first call (importing dvn_kernels.triton imports Triton and
-    defines the ops: only when the backend runs)."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.op: Optional[Callable] = None
-
-    def __call__(self, *args):
-        if self.op is None:
-            from . import triton  # noqa: F401  (defines the Triton ops)
-
-            self.op = getattr(torch.ops.dvn_kernels, TRITON_OPS[self.index]).default
-        return self.op(*args)
-
-
-def native_ops() -> tuple[Callable, Callable]:
-    """The native forward and backward ops (the extension must be loaded)."""
-    return (getattr(torch.ops.dvn_kernels, NATIVE_OPS[0]).default,
-            getattr(torch.ops.dvn_kernels, NATIVE_OPS[1]).default)
-
-
-def triton_ops() -> tuple[Callable, Callable]:
-    """The Triton forward and backward ops, defined on their first call."""
-    return _TritonOp(0), _TritonOp(1)
-
-
-Implementation = Callable[[ConvPlan, torch.Tensor, torch.Tensor, Optional[torch.Tensor]],
-                          torch.Tensor]
-Backward = Callable[[ConvPlan, torch.Tensor, torch.Tensor, torch.Tensor, Mask], Grads]
-
-
-def kernel_conv2d(op: Callable) -> Implementation:
-    """The backend of forward op ``op``: gather the weight's sides when the plan says so
-    (``ConvPlan.kernel_operands``), then one op call with the plan's spec."""
-    def conv2d(plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
-               bias: Optional[torch.Tensor]) -> torch.Tensor:
-        if plan.in_gather is not None or plan.out_gather is not None:
-            weight, bias = plan.kernel_operands(weight, bias)
-        return op(x, weight, bias, plan.spec)
-    return conv2d
-
-
-def kernel_conv2d_backward(op: Callable) -> Backward:
-    """The backend backward of backward op ``op``: only the gradients ``mask`` asks for (None
-    for the others); for plans without gathered sides."""
-    def conv2d_backward(plan: ConvPlan, grad_out: torch.Tensor, x: torch.Tensor,
-                        weight: torch.Tensor, mask: Mask) -> Grads:
-        grads = op(grad_out, x, weight, plan.spec, list(mask))
-        return tuple(g if m else None for g, m in zip(grads, mask))  # type: ignore[return-value]
-    return conv2d_backward

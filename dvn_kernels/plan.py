@@ -265,8 +265,8 @@ def _make_plan(weight_shape: Sequence[int], in_segments: SegmentsLike,
             ins, outs, groups, c_in_group, c_out // groups)
     kernel = KernelSpec(kernel_ins, kernel_outs, stride_, padding_, dilation_, kernel_groups)
     return ConvPlan(shape, ins, outs, groups, kernel, kernel.text(),  # type: ignore[arg-type]
-                    in_gather, out_gather, min_size, ins.total, outs.total,  # type: ignore[arg-type]
-                    pre_pad, reason)
+                    in_gather, out_gather, min_size,  # type: ignore[arg-type]
+                    ins.total, outs.total, pre_pad, reason)
 
 
 _PLANS: dict[tuple, ConvPlan] = {}

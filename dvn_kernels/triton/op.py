@@ -1,4 +1,4 @@
-"""The launchers behind the Triton ops ``triton_sliced_conv2d`` and ``triton_sliced_conv2d_backward``.
+"""The work of the Triton ops ``triton_sliced_conv2d`` and ``triton_sliced_conv2d_backward``.
 
 The ops themselves (their schemas, the native ops' ones; the check of their arguments; fakes;
 autograd) are defined by ``dvn_kernels.ops.define_triton_ops`` around the two functions here,
