@@ -1,6 +1,6 @@
 """The op contract: the schemas, checks, fake implementations and autograd of the kernel ops.
 
-Four ops, two per backend, with one pair of schemas (``FORWARD_SCHEMA``, ``BACKWARD_SCHEMA``):
+Four ops, two per kernel family, with one pair of schemas (``FORWARD_SCHEMA``, ``BACKWARD_SCHEMA``):
 
 - ``dvn_kernels::sliced_conv2d`` / ``sliced_conv2d_backward``: the native ops. The schemas are
   defined in C++ (csrc/sliced_conv2d.cpp, the same strings as here), so are the device kernels
