@@ -1,10 +1,12 @@
 // The active channels of one side of a sliced convolution: at most two (start, length) ranges of
 // the weight's channel axis, sorted and disjoint.
 //
-// The one segment representation of the C++ and CUDA code. Python's ChannelSegments (any number
-// of ranges) reaches the kernels through the op's spec string (conv_problem.h); more than two
-// ranges are gathered in Python before dispatch, so every kernel takes this fixed-size value.
-// Free of torch and CUDA headers: the CUDA kernels receive it by value.
+// The one range type of the C++ and CUDA code, the twin of Python's ChannelSegments
+// (dvn_kernels/segments.py) as a kernel takes it: the spec string carries each range as
+// start+length (conv_problem.h), and a ChannelSegments with more than two ranges is gathered in
+// Python before dispatch, so every kernel takes this fixed-size value. The Triton kernels get the
+// same four scalars from ChannelSegments.kernel_scalars(). Free of torch and CUDA headers: the
+// CUDA kernels receive it by value.
 #pragma once
 
 #include <cstdint>

@@ -9,7 +9,8 @@ namespace dvn {
 namespace {
 
 constexpr const char* kFormat =
-    "expected \"in=S:E[,S:E] out=S:E[,S:E] stride=H,W padding=H,W dilation=H,W groups=G\"";
+    "expected \"in=S+L[,S+L] out=S+L[,S+L] stride=H,W padding=H,W dilation=H,W groups=G\" "
+    "(channel ranges as start+length)";
 
 // A cursor over the spec string; every failure names the spec and where it went wrong.
 class SpecReader {
@@ -51,32 +52,36 @@ class SpecReader {
     return {a, number()};
   }
 
-  // The ranges after "<name>="; errors call them `label` (in_segments, out_segments).
+  // The ranges after "<name>=", each start+length; errors call them `label` (in_segments,
+  // out_segments).
   ChannelRanges ranges(const char* name, const char* label) {
     key(name);
-    int64_t bounds[4] = {0, 0, 0, 0};
+    int64_t starts[2] = {0, 0}, lengths[2] = {0, 0};
     int n = 0;
     do {
       if (n > 0) literal(',');
-      if (n == 4) fail("at most two ranges");
-      bounds[n] = number();
-      literal(':');
-      bounds[n + 1] = number();
-      n += 2;
+      if (n == 2) fail("at most two ranges");
+      starts[n] = number();
+      literal('+');
+      lengths[n] = number();
+      ++n;
     } while (next_is(','));
-    for (int i = 0; i < n; i += 2) {
-      TORCH_CHECK_VALUE(bounds[i + 1] > bounds[i], "spec: ", label, " range ", i / 2, " (",
-                        bounds[i], ":", bounds[i + 1], ") is empty or reversed in '", s_, "'");
+    for (int i = 0; i < n; ++i) {
+      TORCH_CHECK_VALUE(lengths[i] > 0, "spec: ", label, " range ", i, " (", starts[i], "+",
+                        lengths[i], ") is empty in '", s_, "'");
+      TORCH_CHECK_VALUE(starts[i] + lengths[i] <= std::numeric_limits<int32_t>::max(), "spec: ",
+                        label, " range ", i, " (", starts[i], "+", lengths[i],
+                        ") ends at or beyond 2^31 in '", s_, "'");
     }
-    TORCH_CHECK_VALUE(n == 2 || bounds[2] >= bounds[1], "spec: ", label,
-                      " ranges must be sorted and disjoint, got ", bounds[0], ":", bounds[1],
-                      " then ", bounds[2], ":", bounds[3], " in '", s_, "'");
+    TORCH_CHECK_VALUE(n == 1 || starts[1] >= starts[0] + lengths[0], "spec: ", label,
+                      " ranges must be sorted and disjoint, got ", starts[0], "+", lengths[0],
+                      " then ", starts[1], "+", lengths[1], " in '", s_, "'");
     ChannelRanges r;
-    r.start0 = int32_t(bounds[0]);
-    r.length0 = int32_t(bounds[1] - bounds[0]);
-    if (n == 4) {
-      r.start1 = int32_t(bounds[2]);
-      r.length1 = int32_t(bounds[3] - bounds[2]);
+    r.start0 = int32_t(starts[0]);
+    r.length0 = int32_t(lengths[0]);
+    if (n == 2) {
+      r.start1 = int32_t(starts[1]);
+      r.length1 = int32_t(lengths[1]);
     }
     return r;
   }

@@ -1,16 +1,18 @@
 // The checked geometry of one sliced convolution, shared by every kernel of the extension.
 //
 // The ops take their configuration as one spec string, made once per configuration in Python
-// (dvn_kernels/plan.py) and parsed here in constant time on each call:
+// (dvn_kernels/spec.py, format_spec) and parsed here in constant time on each call:
 //
-//   "in=0:16,32:48 out=0:16 stride=1,1 padding=1,1 dilation=1,1 groups=1"
+//   "in=0+16,32+16 out=0+16 stride=1,1 padding=1,1 dilation=1,1 groups=1"
 //
-// `in` and `out` hold one or two half-open channel ranges start:stop of the weight (sorted,
-// disjoint); stride, padding and dilation are (height, width). One string instead of five int
-// lists because the Python binding of torch.ops converts every int list element by element: five
-// lists cost ~3.5 us per call, the string ~0.2 us (measured; F.conv2d takes ~3 us in all).
+// `in` and `out` hold one or two channel ranges start+length of the weight (sorted, disjoint);
+// stride, padding and dilation are (height, width). A ConvProblem is the C++ twin of Python's
+// KernelSpec (dvn_kernels/spec.py), plus the sizes of the call's tensors; its ChannelRanges are
+// the twins of ChannelSegments. One string instead of five int lists because the Python binding
+// of torch.ops converts every int list element by element: five lists cost ~3.5 us per call,
+// the string ~0.2 us (measured; F.conv2d takes ~3 us in all).
 // The checks here keep a direct call of torch.ops.dvn_kernels.* from crashing or reading out
-// of bounds; dvn_kernels checks user arguments earlier with friendlier messages.
+// of bounds; Python's entry points run the same checks in dvn_kernels/ops.py (check_call).
 #pragma once
 
 #include <ATen/core/Tensor.h>

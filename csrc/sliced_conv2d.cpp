@@ -1,10 +1,11 @@
 // Schemas of the sliced convolution ops. Device kernels register in cpu/ and cuda/, the
 // autograd formula in sliced_conv2d_autograd.cpp; the fake (meta) implementations are
-// registered from Python in dvn_kernels/ops.py, as in pytorch/extension-cpp. The Triton ops
-// (dvn_kernels/triton/op.py) take the same arguments.
+// registered from Python in dvn_kernels/ops.py, as in pytorch/extension-cpp. The two schema
+// strings below are FORWARD_SCHEMA and BACKWARD_SCHEMA of dvn_kernels/ops.py, which the Triton
+// ops declare too (tests/test_op_contract.py checks that they stay identical).
 //
-// `spec` holds the active channel ranges (one or two per side) and the geometry; see
-// conv_problem.h. x, the output and the gradient of x are compact (only the active channels,
+// `spec` holds the active channel ranges (one or two per side, start+length) and the geometry;
+// see conv_problem.h. x, the output and the gradient of x are compact (only the active channels,
 // in range order); weight, bias and their gradients are full size.
 #include <torch/library.h>
 

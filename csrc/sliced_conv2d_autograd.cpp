@@ -1,9 +1,9 @@
 // Autograd of dvn_kernels::sliced_conv2d, registered in C++ for every device.
 //
 // A C++ autograd kernel (as in torchvision's ops) rather than torch.library.register_autograd
-// in Python: the Python formula cost ~150 us per forward+backward, as much as a level-1
-// convolution's own backward on small layers. The node saves x, the weight and the spec string
-// (no per-argument lists). torch.compile traces it through the fake implementations
+// in Python (as dvn_kernels/ops.py does for the Triton op): the Python formula cost ~150 us per
+// forward+backward, as much as a level-1 convolution's own backward on small layers. The node
+// saves x, the weight and the spec string (no per-argument lists). torch.compile traces it through the fake implementations
 // registered in dvn_kernels/ops.py. Double backward is not supported.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -56,7 +56,8 @@ class SlicedConv2d : public torch::autograd::Function<SlicedConv2d> {
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const auto& spec = ctx->saved_data["spec"].toStringRef();
-    // An absent bias has no gradient edge: needs_input_grad(2) may not be asked then.
+    // An absent bias has no gradient edge: needs_input_grad(2) may not be asked then. The same
+    // formula as grad_mask in dvn_kernels/ops.py (the Triton op's autograd).
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       has_bias && ctx->needs_input_grad(2)};

@@ -1,6 +1,22 @@
 """dvn_kernels: convolution over active channel ranges ("units") of a full weight.
 
 Knows channel segments, not tasks or levels (those live in ``dvn``).
+
+One call of ``sliced_conv2d`` into each backend, file by file (at most six):
+
+- every backend starts with ``sliced_conv.py`` (the call) -> ``plan.py`` (its checked plan) ->
+  ``backends.py`` (the backend's function; ``kernel_conv2d`` calls a kernel op), then
+- ``reference`` / ``masked``: ``reference.py`` -> ``channels.py``;
+- ``cpu`` / ``cuda``: ``csrc/sliced_conv2d_autograd.cpp`` -> ``csrc/cpu/sliced_conv2d_cpu.cpp``
+  or ``csrc/cuda/sliced_conv2d_cuda.cpp`` -> ``csrc/conv_problem.cpp`` (the check);
+- ``triton``: ``ops.py`` (the op: ``check_call``, autograd) -> ``triton/op.py`` ->
+  ``triton/conv_fwd.py`` (``conv_bwd_input.py``, ``conv_bwd_weight.py`` and ``depthwise.py``
+  for the other passes).
+
+``ops.py`` is the op contract of both kernel families: schemas, checks, fakes, autograd.
+
+``spec.py`` holds ``KernelSpec``, what the kernel ops compute, and its string; ``segments.py``
+holds ``ChannelSegments``, the one type of the active channel ranges.
 """
 
 from .backends import (BACKENDS, BackendUnavailableError, available_backends, resolve_backend,

@@ -33,7 +33,7 @@ import torch
 
 from . import extension
 from .choice import Chooser
-from .native import native_conv2d, native_conv2d_backward
+from .ops import NATIVE_OPS, TRITON_OPS
 from .plan import ConvPlan
 from .reference import Grads, Mask, masked_conv2d, reference_conv2d, reference_conv2d_backward
 
@@ -87,22 +87,6 @@ def _why_triton_unavailable(device: torch.device, dtype: torch.dtype) -> Optiona
     return None
 
 
-def _triton_conv2d(plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
-                   bias: Optional[torch.Tensor]) -> torch.Tensor:
-    from .triton import triton_conv2d  # imports Triton: only when the backend runs
-
-    return triton_conv2d(plan, x, weight, bias)
-
-
-def _triton_conv2d_backward(plan: ConvPlan, grad_out: torch.Tensor, x: torch.Tensor,
-                            weight: torch.Tensor, mask: Mask) -> Grads:
-    from . import triton  # noqa: F401  (registers the Triton ops)
-
-    grads = torch.ops.dvn_kernels.triton_sliced_conv2d_backward(grad_out, x, weight, plan.spec,
-                                                                list(mask))
-    return tuple(g if m else None for g, m in zip(grads, mask))  # type: ignore[return-value]
-
-
 def _why_cuda_unavailable(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     if not extension.LOADED:
         return f"the C++ extension dvn_kernels._C did not load ({extension.LOAD_ERROR}); " \
@@ -148,6 +132,45 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
 
 Implementation = Callable[[ConvPlan, torch.Tensor, torch.Tensor, Optional[torch.Tensor]],
                           torch.Tensor]
+Backward = Callable[[ConvPlan, torch.Tensor, torch.Tensor, torch.Tensor, Mask], Grads]
+
+
+def kernel_conv2d(op: Callable) -> Implementation:
+    """The backend of a kernel forward op (``dvn_kernels.ops``): gather the weight's sides when
+    the plan says so (``ConvPlan.kernel_operands``), then one op call with the plan's spec."""
+    def conv2d(plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
+               bias: Optional[torch.Tensor]) -> torch.Tensor:
+        if plan.in_gather is not None or plan.out_gather is not None:
+            weight, bias = plan.kernel_operands(weight, bias)
+        return op(x, weight, bias, plan.spec)
+    return conv2d
+
+
+def kernel_conv2d_backward(op: Callable) -> Backward:
+    """The backward of a kernel backend, from its backward op: only the gradients ``mask``
+    asks for (None for the others); for plans without gathered sides."""
+    def conv2d_backward(plan: ConvPlan, grad_out: torch.Tensor, x: torch.Tensor,
+                        weight: torch.Tensor, mask: Mask) -> Grads:
+        grads = op(grad_out, x, weight, plan.spec, list(mask))
+        return tuple(g if m else None for g, m in zip(grads, mask))  # type: ignore[return-value]
+    return conv2d_backward
+
+
+class _TritonOp:
+    """A Triton op, looked up on its first call: importing dvn_kernels.triton imports Triton
+    and defines the ops, only when the backend runs."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.op: Optional[Callable] = None
+
+    def __call__(self, *args):
+        if self.op is None:
+            from . import triton  # noqa: F401  (defines the Triton ops)
+
+            self.op = getattr(torch.ops.dvn_kernels, self.name).default
+        return self.op(*args)
+
 
 def kernel_unsupported(backend: str, plan: ConvPlan) -> Optional[str]:
     """Why the kernel backend cannot run ``plan``, or None when it can."""
@@ -175,24 +198,33 @@ def _auto(backend: str, run: Implementation) -> Implementation:
     return chosen
 
 
+# The kernel backends: one wrapper (kernel_conv2d) around each backend's op.
+_NATIVE_FORWARD, _NATIVE_BACKWARD = (getattr(torch.ops.dvn_kernels, name).default
+                                     for name in NATIVE_OPS) if extension.LOADED \
+    else (None, None)
+native_conv2d = kernel_conv2d(_NATIVE_FORWARD)  # the C++ op on CPU tensors, CUDA on GPU ones
+native_conv2d_backward = kernel_conv2d_backward(_NATIVE_BACKWARD)
+triton_conv2d = kernel_conv2d(_TritonOp(TRITON_OPS[0]))
+triton_conv2d_backward = kernel_conv2d_backward(_TritonOp(TRITON_OPS[1]))
+
 IMPLEMENTATIONS: dict[str, Implementation] = {
     "reference": reference_conv2d,
     "masked": masked_conv2d,
     "cpu": _kernel("cpu", native_conv2d),
-    "triton": _kernel("triton", _triton_conv2d),
+    "triton": _kernel("triton", triton_conv2d),
     "cuda": _kernel("cuda", native_conv2d),
 }
 _AUTO: dict[str, Implementation] = {
     "reference": reference_conv2d,
     "cpu": _auto("cpu", native_conv2d),
-    "triton": _auto("triton", _triton_conv2d),
+    "triton": _auto("triton", triton_conv2d),
     "cuda": _auto("cuda", native_conv2d),
 }
 
 BACKWARDS = {  # the backward of each backend that auto may pair with another's forward
     "reference": reference_conv2d_backward,
     "cpu": native_conv2d_backward,
-    "triton": _triton_conv2d_backward,
+    "triton": triton_conv2d_backward,
     "cuda": native_conv2d_backward,
 }
 

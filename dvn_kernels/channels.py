@@ -1,26 +1,34 @@
 """Moving channels between compact and full-size tensors with plain differentiable torch ops.
 
-``flat`` is a segment list ``(s0, l0, s1, l1, ...)`` as ChannelSegments.flat() gives it.
+``segments`` is a ChannelSegments, or its ``flat()`` tuple ``(s0, l0, s1, l1, ...)`` (the form
+dvn and bench pass).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Union
 
 import torch
 
+from .segments import ChannelSegments
 
-def _pairs(flat: Sequence[int]) -> list[tuple[int, int]]:
-    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+Ranges = Union[ChannelSegments, Sequence[int]]
 
 
-def take_channels(t: torch.Tensor, dim: int, flat: Sequence[int]) -> torch.Tensor:
+def _pairs(segments: Ranges) -> Sequence[tuple[int, int]]:
+    if isinstance(segments, ChannelSegments):
+        return segments.ranges
+    return [(segments[i], segments[i + 1]) for i in range(0, len(segments), 2)]
+
+
+def take_channels(t: torch.Tensor, dim: int, segments: Ranges) -> torch.Tensor:
     """The active channels of ``t`` along ``dim`` in compact order (a view for one range)."""
-    parts = [t.narrow(dim, start, length) for start, length in _pairs(flat)]
+    parts = [t.narrow(dim, start, length) for start, length in _pairs(segments)]
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
 
 
-def scatter_channels(compact: torch.Tensor, dim: int, flat: Sequence[int],
+def scatter_channels(compact: torch.Tensor, dim: int, segments: Ranges,
                      size: int) -> torch.Tensor:
     """A tensor with ``size`` channels along ``dim``: ``compact`` at the active channels,
     zeros elsewhere."""
@@ -32,7 +40,7 @@ def scatter_channels(compact: torch.Tensor, dim: int, flat: Sequence[int],
         shape[dim] = n
         return compact.new_zeros(shape)
 
-    for start, length in _pairs(flat):
+    for start, length in _pairs(segments):
         if start > pos:
             parts.append(zeros(start - pos))
         parts.append(compact.narrow(dim, offset, length))
@@ -45,7 +53,7 @@ def scatter_channels(compact: torch.Tensor, dim: int, flat: Sequence[int],
 
 def follow_format(t: torch.Tensor) -> torch.memory_format:
     """Layout of a kernel result that follows ``t``: channels_last when ``t`` is strictly
-    channels_last, else contiguous. Mirrors dvn::follow_format in csrc/segments.cpp."""
+    channels_last, else contiguous. Mirrors dvn::follow_format in csrc/blocks.cpp."""
     if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format

@@ -38,6 +38,7 @@ import torch
 from .channels import follow_format
 from .plan import ConvPlan
 from .reference import Grads, Mask, autograd_backward
+from .spec import ranges_text
 
 Implementation = Callable[[ConvPlan, torch.Tensor, torch.Tensor, Optional[torch.Tensor]],
                           torch.Tensor]
@@ -162,10 +163,9 @@ def _invalid(data: Any) -> Optional[str]:
 
 
 def _plan_text(plan: ConvPlan) -> str:
-    def flat(segments) -> str:
-        return ",".join(map(str, segments.flat()))
-    return (f"w={'x'.join(map(str, plan.weight_shape))} in={flat(plan.in_segments)} "
-            f"out={flat(plan.out_segments)} stride={plan.stride[0]},{plan.stride[1]} "
+    """The caller's convolution, ranges written as the spec string writes them."""
+    return (f"w={'x'.join(map(str, plan.weight_shape))} in={ranges_text(plan.in_segments)} "
+            f"out={ranges_text(plan.out_segments)} stride={plan.stride[0]},{plan.stride[1]} "
             f"padding={plan.padding[0]},{plan.padding[1]} "
             f"dilation={plan.dilation[0]},{plan.dilation[1]} groups={plan.groups}")
 

@@ -1,9 +1,10 @@
 """Plans: everything about one sliced convolution that does not depend on the data, checked once.
 
-A :class:`ConvPlan` holds the weight's shape, the active channel segments of both sides, the
-geometry, and the spec string the kernels take. ``conv_plan`` builds and validates it and
-memoises it on its arguments; a model layer keeps one plan per configuration, so its hot path
-is a lookup and one op call (see ``ops.planned_conv2d``).
+A :class:`ConvPlan` holds the weight's shape, the caller's active channel segments and groups,
+and the :class:`~dvn_kernels.spec.KernelSpec` the kernel ops run (with its string, ``spec``).
+``conv_plan`` builds and validates it and memoises it on its arguments; a model layer keeps one
+plan per configuration, so its hot path is a lookup and one op call (see
+``sliced_conv.planned_conv2d``).
 
 The kernel ops take at most two ranges per side. A side with more ranges (possible with five or
 more units) is gathered before dispatch: the plan lists its channels, the weight side is copied
@@ -15,29 +16,21 @@ the full weight, the active outputs kept. The kernels compute only the active gr
 they can when every group with an active channel is wholly active on both sides
 (``kernel_reason`` is None); otherwise it says why, ``auto`` falls back to ``reference`` and a
 kernel backend asked for by name raises.
-
-The spec string (parsed in C++ by csrc/conv_problem.cpp and here by ``parse_spec``)::
-
-    "in=0:16,32:48 out=0:16 stride=1,1 padding=1,1 dilation=1,1 groups=1"
-
-holds half-open channel ranges start:stop of the weight and (height, width) pairs.
 """
 
 from __future__ import annotations
 
-import functools
 import operator
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional, Union
+from typing import Optional, Union
 
 import torch
 
 from .segments import ChannelSegments, SegmentsLike, as_segments
+from .spec import KERNEL_RANGES, KernelSpec
 
 IntPair = Union[int, tuple[int, int], list[int]]
-KERNEL_RANGES = 2  # ranges per side the kernels address in place
 
 
 def _pair(value: IntPair, name: str, minimum: int) -> tuple[int, int]:
@@ -77,93 +70,26 @@ def _padding(value: Union[IntPair, str], kernel: tuple[int, int], stride: tuple[
     return _pair(value, "padding", 0), None
 
 
-def _ranges_text(segments: ChannelSegments) -> str:
-    flat = segments.flat()
-    return ",".join(f"{flat[i]}:{flat[i] + flat[i + 1]}" for i in range(0, len(flat), 2))
-
-
-def format_spec(ins: ChannelSegments, outs: ChannelSegments, stride: tuple[int, int],
-                padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> str:
-    """The kernels' spec string (at most two ranges per side)."""
-    return (f"in={_ranges_text(ins)} out={_ranges_text(outs)} stride={stride[0]},{stride[1]} "
-            f"padding={padding[0]},{padding[1]} dilation={dilation[0]},{dilation[1]} "
-            f"groups={groups}")
-
-
-class KernelSpec(NamedTuple):
-    """A parsed spec string: what a kernel op was asked to compute."""
-
-    in_segments: ChannelSegments
-    out_segments: ChannelSegments
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-    groups: int
-
-
-_RANGES = r"(\d+:\d+(?:,\d+:\d+)?)"
-_PAIR = r"(\d+),(\d+)"
-_SPEC = re.compile(rf"in={_RANGES} out={_RANGES} stride={_PAIR} padding={_PAIR} "
-                   rf"dilation={_PAIR} groups=(\d+)")
-
-
-def _parse_ranges(text: str, name: str) -> ChannelSegments:
-    pairs = []
-    for part in text.split(","):
-        start, stop = (int(v) for v in part.split(":"))
-        if stop <= start:
-            raise ValueError(f"spec: {name} range {start}:{stop} is empty or reversed")
-        pairs.append((start, stop - start))
-    return ChannelSegments(pairs, name=name)
-
-
-@functools.lru_cache(maxsize=4096)
-def parse_spec(spec: str) -> KernelSpec:
-    """The parts of a spec string (used by the fake implementations and the Triton ops)."""
-    match = _SPEC.fullmatch(spec) if isinstance(spec, str) else None
-    if match is None:
-        raise ValueError(f"spec: expected 'in=S:E[,S:E] out=S:E[,S:E] stride=H,W padding=H,W "
-                         f"dilation=H,W groups=G', got {spec!r}")
-    g = match.groups()
-    stride, padding, dilation = ((int(g[i]), int(g[i + 1])) for i in (2, 4, 6))
-    return KernelSpec(_parse_ranges(g[0], "in_segments"), _parse_ranges(g[1], "out_segments"),
-                      stride, padding, dilation, int(g[8]))
-
-
-def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """Spatial output size of a convolution along one dimension."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def output_shape(x_shape: Sequence[int], weight_shape: Sequence[int], out_channels: int,
-                 stride: Sequence[int], padding: Sequence[int],
-                 dilation: Sequence[int]) -> list[int]:
-    """The compact output's shape (N, out_channels, P, Q)."""
-    n, _, h, w = x_shape
-    kh, kw = weight_shape[2], weight_shape[3]
-    return [n, out_channels, output_size(h, kh, stride[0], padding[0], dilation[0]),
-            output_size(w, kw, stride[1], padding[1], dilation[1])]
-
-
 @dataclass(frozen=True, eq=False)
 class ConvPlan:
     """A checked sliced convolution for one weight shape: made by ``conv_plan``, run by
     ``planned_conv2d``.
 
-    ``in_gather`` / ``out_gather`` list the weight channels of a side with more than two
-    ranges (None otherwise); ``spec`` is what the kernel ops take; ``pre_pad`` is the
-    ``F.pad`` of x that an asymmetric 'same' padding needs first (None otherwise);
-    ``kernel_reason`` says why the kernels cannot run the plan (None when they can).
+    ``in_segments``, ``out_segments`` and ``groups`` are the caller's; ``kernel`` is what the
+    kernel ops compute (the same unless a side is gathered: then that side is one full range of
+    the gathered weight, and a grouped plan's groups are its active groups), ``spec`` its
+    string; stride, padding and dilation are the kernel's. ``in_gather`` / ``out_gather`` list
+    the weight channels of a gathered side (None otherwise); ``pre_pad`` is the ``F.pad`` of x
+    that an asymmetric 'same' padding needs first (None otherwise); ``kernel_reason`` says why
+    the kernels cannot run the plan (None when they can).
     """
 
     weight_shape: tuple[int, int, int, int]
     in_segments: ChannelSegments
     out_segments: ChannelSegments
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
     groups: int
-    spec: str
+    kernel: KernelSpec
+    spec: str  # kernel.text(), made once
     in_gather: Optional[tuple[int, ...]]
     out_gather: Optional[tuple[int, ...]]
     min_size: tuple[int, int]  # smallest input height and width the geometry admits
@@ -173,9 +99,20 @@ class ConvPlan:
     kernel_reason: Optional[str] = None
     _indices: dict = field(default_factory=dict, repr=False)  # (side, device) -> index tensor
 
+    @property
+    def stride(self) -> tuple[int, int]:
+        return self.kernel.stride
+
+    @property
+    def padding(self) -> tuple[int, int]:
+        return self.kernel.padding
+
+    @property
+    def dilation(self) -> tuple[int, int]:
+        return self.kernel.dilation
+
     def output_shape(self, x_shape: Sequence[int]) -> list[int]:
-        return output_shape(x_shape, self.weight_shape, self.out_total, self.stride,
-                            self.padding, self.dilation)
+        return self.kernel.output_shape(x_shape, self.weight_shape)
 
     def _index(self, side: int, device: torch.device) -> torch.Tensor:
         key = (side, device)
@@ -264,12 +201,11 @@ def _kernel_side(segments: ChannelSegments) -> tuple[ChannelSegments, Optional[t
 def _group_blocks(segments: ChannelSegments, size: int) -> Optional[list[tuple[int, int]]]:
     """(first group, groups) of each range when every range holds whole groups of ``size``
     channels, else None."""
-    flat = segments.flat()
     blocks = []
-    for i in range(0, len(flat), 2):
-        if flat[i] % size or flat[i + 1] % size:
+    for start, length in segments.ranges:
+        if start % size or length % size:
             return None
-        blocks.append((flat[i] // size, flat[i + 1] // size))
+        blocks.append((start // size, length // size))
     return blocks
 
 
@@ -327,10 +263,10 @@ def _make_plan(weight_shape: Sequence[int], in_segments: SegmentsLike,
     else:
         reason, kernel_ins, kernel_outs, out_gather, kernel_groups = _kernel_groups(
             ins, outs, groups, c_in_group, c_out // groups)
-    spec = format_spec(kernel_ins, kernel_outs, stride_, padding_, dilation_, kernel_groups)
-    return ConvPlan(shape, ins, outs, stride_, padding_, dilation_, groups, spec, in_gather,
-                    out_gather, min_size, ins.total, outs.total, pre_pad,  # type: ignore[arg-type]
-                    reason)
+    kernel = KernelSpec(kernel_ins, kernel_outs, stride_, padding_, dilation_, kernel_groups)
+    return ConvPlan(shape, ins, outs, groups, kernel, kernel.text(),  # type: ignore[arg-type]
+                    in_gather, out_gather, min_size,  # type: ignore[arg-type]
+                    ins.total, outs.total, pre_pad, reason)
 
 
 _PLANS: dict[tuple, ConvPlan] = {}

@@ -25,7 +25,7 @@ def _grouped_block(plan: ConvPlan, weight: torch.Tensor) -> tuple[torch.Tensor, 
     as are active. Otherwise the literal meaning as one dense block: entry (o, i) is the weight
     that joins output channel o to input channel i when they are in one group, else zero.
     """
-    rows = take_channels(weight, 0, plan.out_segments.flat())
+    rows = take_channels(weight, 0, plan.out_segments)
     c_in_group, c_out_group = weight.shape[1], weight.shape[0] // plan.groups
     if plan.kernel_reason is None:
         return rows, plan.out_total // c_out_group
@@ -44,7 +44,7 @@ def reference_conv2d(plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
     The correctness oracle; also "slice + dense conv", what width-adaptive projects do today
     (the sliced weight is copied on every call and its gradient is a zero-filled full tensor).
     """
-    ins, outs = plan.in_segments.flat(), plan.out_segments.flat()
+    ins, outs = plan.in_segments, plan.out_segments
     b = take_channels(bias, 0, outs) if bias is not None else None
     if plan.groups == 1:
         return _conv(plan, x, take_channels(take_channels(weight, 0, outs), 1, ins), b, 1)
@@ -58,9 +58,9 @@ def masked_conv2d(plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
 
     The baseline: every level costs as much as the full network.
     """
-    x_full = scatter_channels(x, 1, plan.in_segments.flat(), weight.shape[1] * plan.groups)
+    x_full = scatter_channels(x, 1, plan.in_segments, weight.shape[1] * plan.groups)
     y_full = _conv(plan, x_full, weight, bias, plan.groups)
-    return take_channels(y_full, 1, plan.out_segments.flat())
+    return take_channels(y_full, 1, plan.out_segments)
 
 
 Mask = tuple[bool, bool, bool]
@@ -78,7 +78,7 @@ def reference_conv2d_backward(plan: ConvPlan, grad_out: torch.Tensor, x: torch.T
     """
     if plan.groups > 1 and plan.kernel_reason is not None:  # the literal dense block: autograd
         return autograd_backward(reference_conv2d)(plan, grad_out, x, weight, mask)
-    ins, outs = plan.in_segments.flat(), plan.out_segments.flat()
+    ins, outs = plan.in_segments, plan.out_segments
     rows = take_channels(weight, 0, outs)
     block, groups = (take_channels(rows, 1, ins), 1) if plan.groups == 1 \
         else (rows, plan.out_total // (weight.shape[0] // plan.groups))

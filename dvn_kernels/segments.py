@@ -3,6 +3,10 @@
 A :class:`ChannelSegments` is a sorted tuple of disjoint, non-empty ``(start, length)``
 channel ranges. Compact activations hold the active channels in that (ascending) order.
 Unit indices in this package are 0-based.
+
+It is the one type of the active ranges in Python, the twin of C++'s ``ChannelRanges``
+(csrc/channel_ranges.h), which holds the one or two merged ``ranges`` a kernel takes; the kernel
+spec string writes each range as ``start+length`` (``dvn_kernels.spec``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ class ChannelSegments:
     ``name`` only labels error messages (e.g. ``"in_segments"``).
     """
 
-    __slots__ = ("_pairs", "_flat", "_hash", "_total")
+    __slots__ = ("_pairs", "_ranges", "_flat", "_hash", "_total")
 
     def __init__(self, pairs: Iterable[Sequence[int]], *, name: str = "segments") -> None:
         if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Iterable):
@@ -63,6 +67,7 @@ class ChannelSegments:
                 merged[-1][1] += length
             else:
                 merged.append([start, length])
+        object.__setattr__(self, "_ranges", tuple((start, length) for start, length in merged))
         object.__setattr__(self, "_flat", tuple(v for pair in merged for v in pair))
         # Hashed on first use (plans are looked up by segments), not here: torch.compile
         # makes segments while tracing, and Dynamo (torch 2.11) cannot trace hash of a tuple.
@@ -97,14 +102,32 @@ class ChannelSegments:
         start, length = self._pairs[-1]
         return start + length
 
+    @property
+    def ranges(self) -> tuple[tuple[int, int], ...]:
+        """The ``(start, length)`` pairs with adjacent ones merged: what the kernels address
+        (C++'s ChannelRanges holds one or two of them)."""
+        return self._ranges
+
     def flat(self) -> tuple[int, ...]:
-        """``(s0, l0, s1, l1, ...)`` with adjacent ranges merged: the kernels' argument."""
+        """``ranges`` flattened, ``(s0, l0, s1, l1, ...)`` (the form dvn and bench pass to
+        ``dvn_kernels.channels``)."""
         return self._flat
 
     @property
     def num_ranges(self) -> int:
         """Number of ranges after merging adjacent ones (1 is the kernels' fast path)."""
-        return len(self._flat) // 2
+        return len(self._ranges)
+
+    def kernel_scalars(self) -> tuple[int, int, int, bool]:
+        """``(s0, l0, s1, two)``: one or two ranges as the Triton kernels take them, the fields
+        of C++'s ChannelRanges; compact channel v lives at v + s0 when v < l0, else at
+        v - l0 + s1 (dvn_kernels/triton/common.py, ``channel``)."""
+        ranges = self._ranges
+        if len(ranges) == 1:
+            return ranges[0][0], ranges[0][1], 0, False
+        if len(ranges) == 2:
+            return ranges[0][0], ranges[0][1], ranges[1][0], True
+        raise ValueError(f"segments: the kernels take one or two ranges, got {self!r}")
 
     def indices(self) -> list[int]:
         """The active channel indices in compact order."""

@@ -12,7 +12,7 @@ import dvn_kernels
 from dvn_kernels import backends
 from dvn_kernels.backends import IMPLEMENTATIONS, _gpu_candidates
 from dvn_kernels.choice import CACHE_FILE, Chooser
-from dvn_kernels.native import native_conv2d_backward
+from dvn_kernels.backends import native_conv2d_backward
 from dvn_kernels.reference import (masked_conv2d, reference_conv2d,
                                    reference_conv2d_backward)
 

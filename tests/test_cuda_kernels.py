@@ -326,7 +326,7 @@ def test_gradcheck_float64():
                                       stride=(2, 1), padding=1, backend="cuda"), (x, w, b))
 
 
-# The kernel ops' spec string (dvn_kernels/plan.py) with padding k.
+# The kernel ops' spec string (dvn_kernels/spec.py) with padding k.
 SPEC = "in={ins} out={outs} stride=1,1 padding={k},{k} dilation=1,1 groups=1"
 
 
@@ -337,7 +337,7 @@ def test_opcheck_on_cuda():
     w = torch.randn(6, 8, 3, 3, device="cuda", requires_grad=True)
     b = torch.randn(6, device="cuda", requires_grad=True)
     torch.library.opcheck(torch.ops.dvn_kernels.sliced_conv2d.default,
-                          (x, w, b, SPEC.format(ins="1:3,4:7", outs="0:2,3:5", k=1)))
+                          (x, w, b, SPEC.format(ins="1+2,4+3", outs="0+2,3+2", k=1)))
 
 
 @gpu
@@ -348,10 +348,10 @@ def test_unsupported_dtype_and_devices_raise_clear_errors():
         x = torch.zeros(1, 2, 4, 4, device="cuda").to(torch.float8_e4m3fn)
         w = torch.zeros(3, 2, 1, 1, device="cuda").to(torch.float8_e4m3fn)
         with pytest.raises((TypeError, RuntimeError), match="cuda kernels support float16|floating point"):
-            op(x, w, None, SPEC.format(ins="0:2", outs="0:3", k=0))
+            op(x, w, None, SPEC.format(ins="0+2", outs="0+3", k=0))
     x = torch.zeros(1, 2, 4, 4, device="cuda")
     with pytest.raises((ValueError, RuntimeError), match="weight's device"):
-        op(x, torch.zeros(3, 2, 1, 1), None, SPEC.format(ins="0:2", outs="0:3", k=0))
+        op(x, torch.zeros(3, 2, 1, 1), None, SPEC.format(ins="0+2", outs="0+3", k=0))
 
 
 @gpu

@@ -102,36 +102,36 @@ def test_direct_op_calls_are_checked_in_cpp():
         pytest.skip("no cpu kernel")
     op = torch.ops.dvn_kernels.sliced_conv2d
 
-    def spec(ins, outs="0:8", stride="1,1"):
+    def spec(ins, outs="0+8", stride="1,1"):
         return f"in={ins} out={outs} stride={stride} padding=1,1 dilation=1,1 groups=1"
 
     with pytest.raises(ValueError, match="in_segments: channel range ends at 8, outside the 6"):
-        op(X, W, B, spec("4:8"))
+        op(X, W, B, spec("4+4"))
     with pytest.raises(ValueError, match="spec: in_segments ranges must be sorted and disjoint"):
-        op(X, W, B, spec("2:4,0:2"))
+        op(X, W, B, spec("2+2,0+2"))
     with pytest.raises(ValueError, match="spec: expected at most two ranges"):
-        op(X, W, B, spec("0:1,2:3,4:6"))
+        op(X, W, B, spec("0+1,2+1,4+2"))
     with pytest.raises(ValueError, match="spec: in_segments range 0 .* is empty"):
-        op(X, W, B, spec("2:2"))
+        op(X, W, B, spec("2+0"))
     with pytest.raises(ValueError, match="spec: expected ' out=' at position 6"):
-        op(X, W, B, "in=0:4 stride=1,1 padding=1,1 dilation=1,1 groups=1")
+        op(X, W, B, "in=0+4 stride=1,1 padding=1,1 dilation=1,1 groups=1")
     with pytest.raises(ValueError, match="spec: expected the end of the spec"):
-        op(X, W, B, spec("0:4") + " extra")
+        op(X, W, B, spec("0+4") + " extra")
     with pytest.raises(ValueError, match="spec: expected a number below 2\\^31"):
-        op(X, W, B, spec("0:99999999999"))
+        op(X, W, B, spec("0+99999999999"))
     with pytest.raises(ValueError, match="x: has 4 channels but in_segments select 2"):
-        op(X, W, B, spec("0:2"))
+        op(X, W, B, spec("0+2"))
     with pytest.raises(ValueError, match=r"bias: expected shape \(8,\)"):
-        op(X, W, B[:3], spec("0:4"))
+        op(X, W, B[:3], spec("0+4"))
     with pytest.raises(TypeError, match="x: dtype Double does not match weight's dtype Float"):
-        op(X.double(), W, B, spec("0:4"))
+        op(X.double(), W, B, spec("0+4"))
     with pytest.raises(ValueError, match="spec: stride and dilation must be >= 1"):
-        op(X, W, B, spec("0:4", stride="0,1"))
+        op(X, W, B, spec("0+4", stride="0,1"))
     with pytest.raises(ValueError, match="groups: the kernels compute whole groups"):
-        op(X, W, B, spec("0:4").replace("groups=1", "groups=2"))
+        op(X, W, B, spec("0+4").replace("groups=1", "groups=2"))
     with pytest.raises(ValueError, match="groups: weight's C_out=8 is not divisible by "
                                          "groups=3"):
-        op(X, W, B, spec("0:4").replace("groups=1", "groups=3"))
+        op(X, W, B, spec("0+4").replace("groups=1", "groups=3"))
     with pytest.raises(ValueError, match="grad_out: expected shape"):
-        torch.ops.dvn_kernels.sliced_conv2d_backward(torch.randn(2, 3, 7, 7), X, W, spec("0:4"),
+        torch.ops.dvn_kernels.sliced_conv2d_backward(torch.randn(2, 3, 7, 7), X, W, spec("0+4"),
                                                      [True, True, True])

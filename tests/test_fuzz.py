@@ -46,20 +46,20 @@ def problems(draw):
 @pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(problems())
-def test_fuzz_against_reference(spec):
+def test_fuzz_against_reference(case):
     gen = torch.Generator().manual_seed(0)
-    weight = torch.randn(spec["c_out"], spec["c_in"], *spec["kernel"], generator=gen,
+    weight = torch.randn(case["c_out"], case["c_in"], *case["kernel"], generator=gen,
                          dtype=torch.float64).requires_grad_()
-    bias = torch.randn(spec["c_out"], generator=gen, dtype=torch.float64).requires_grad_() \
-        if spec["bias"] else None
-    x = torch.randn(spec["batch"], spec["ins"].total, *spec["size"], generator=gen,
+    bias = torch.randn(case["c_out"], generator=gen, dtype=torch.float64).requires_grad_() \
+        if case["bias"] else None
+    x = torch.randn(case["batch"], case["ins"].total, *case["size"], generator=gen,
                     dtype=torch.float64)
-    if spec["channels_last"]:
+    if case["channels_last"]:
         x = x.to(memory_format=torch.channels_last)
     x.requires_grad_()
     leaves = [t for t in (x, weight, bias) if t is not None]
-    conv = dict(in_segments=spec["ins"], out_segments=spec["outs"], stride=spec["stride"],
-                padding=spec["padding"], dilation=spec["dilation"])
+    conv = dict(in_segments=case["ins"], out_segments=case["outs"], stride=case["stride"],
+                padding=case["padding"], dilation=case["dilation"])
     expected = sliced_conv2d(x, weight, bias, backend="reference", **conv)
     want = grads(expected, leaves)
     for backend in [b for b in ("masked", "cpu") if b in dvn_kernels.available_backends()]:

@@ -260,7 +260,7 @@ def test_plan_of_more_than_two_ranges_runs_a_compact_grouped_conv():
     plan = dvn_kernels.conv_plan((16, 2, 3, 3), [(0, 2), (4, 2), (12, 2)],
                                  [(0, 2), (4, 2), (12, 2)], padding=1, groups=8)
     assert plan.out_gather == (0, 1, 4, 5, 12, 13) and plan.in_gather is None
-    assert "groups=3" in plan.spec and "in=0:6 out=0:6" in plan.spec
+    assert "groups=3" in plan.spec and "in=0+6 out=0+6" in plan.spec
 
 
 @pytest.mark.skipif("cpu" not in dvn_kernels.available_backends(), reason="no cpu kernel")

@@ -12,7 +12,7 @@ OPS = torch.ops.dvn_kernels if extension.LOADED else None
 
 def op_operands(p):
     """(weight, bias, spec) as the kernel op takes them: more than two ranges on a side are
-    gathered by the plan first (dvn_kernels.plan)."""
+    gathered by the plan first (ConvPlan.kernel_operands)."""
     plan = dvn_kernels.conv_plan(p.weight.shape, p.ins, p.outs, **p.conv)
     weight, bias = plan.kernel_operands(p.weight, p.bias)
     return weight.detach().requires_grad_(p.weight.requires_grad), \

@@ -123,10 +123,8 @@ def test_float16(layout, kernel):
 def test_several_tiles_per_dimension(ins, outs, align):
     """N, K and (in grad weight) M span several blocks; segment scalars at each alignment."""
     from dvn_kernels.triton.configs import channel_align
-    from dvn_kernels.triton.segments import kernel_ranges
-
     p = make_problem(ins, outs, c_in=80, c_out=64, size=(9, 7), batch=3)
-    scalars = kernel_ranges(p.ins)[:3] + kernel_ranges(p.outs)[:3]
+    scalars = p.ins.kernel_scalars()[:3] + p.outs.kernel_scalars()[:3]
     assert channel_align(p.ins.total, p.outs.total, *scalars) == align
     check(p)
 

@@ -2,7 +2,7 @@
 
 NCHW activations and KCRS weights are brought to channels_last inside the op (the weight once
 per version, cached), so an NCHW call launches exactly the kernel variants a channels_last call
-launches, and its results keep the layouts of ``dvn_kernels.fake``. On a CPU machine the
+launches, and its results keep the layouts of ``dvn_kernels.ops``. On a CPU machine the
 kernels run under TRITON_INTERPRET=1 on tiny shapes.
 """
 
@@ -14,7 +14,7 @@ import torch
 import dvn_kernels
 from dvn_kernels import ChannelSegments, sliced_conv2d
 from dvn_kernels.backends import _why_unavailable
-from dvn_kernels.fake import empty_grads, empty_output
+from dvn_kernels.ops import empty_grads, empty_output
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 pytestmark = pytest.mark.skipif(
@@ -114,10 +114,10 @@ def test_layouts_match_the_reference(case, x_cl, w_cl, dtype):
                           reference(x, w, b, conv)):
         assert a.dtype == dtype, name
         assert_near(a, e, REL[dtype], name)
-    spec = dvn_kernels.conv_plan(w.shape, conv["in_segments"], conv["out_segments"],
-                                 stride=conv["stride"], padding=conv["padding"],
-                                 groups=conv["groups"]).spec
-    want = [empty_output(x, w, spec), *empty_grads(x, w, [True] * 3)]
+    kernel = dvn_kernels.conv_plan(w.shape, conv["in_segments"], conv["out_segments"],
+                                   stride=conv["stride"], padding=conv["padding"],
+                                   groups=conv["groups"]).kernel
+    want = [empty_output(x, w, kernel), *empty_grads(x, w, [True] * 3)]
     assert [t.stride() for t in got] == [t.stride() for t in want]
 
 

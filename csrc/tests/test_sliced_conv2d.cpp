@@ -38,7 +38,7 @@ int main() {
   auto b = torch::randn({11}, torch::dtype(torch::kDouble).requires_grad(true));
   auto x = torch::randn({2, 7, 9, 9}, torch::dtype(torch::kDouble).requires_grad(true));
   // Input channels 1..3 and 9..12, output channels 2..3 and 6..10.
-  auto y = sliced_conv2d(x, w, b, "1:4,9:13", "2:4,6:11");
+  auto y = sliced_conv2d(x, w, b, "1+3,9+4", "2+2,6+5");
   const auto in_idx = torch::cat({torch::arange(1, 4), torch::arange(9, 13)});
   const auto out_idx = torch::cat({torch::arange(2, 4), torch::arange(6, 11)});
   auto w_active = w.index_select(0, out_idx).index_select(1, in_idx);
@@ -60,11 +60,11 @@ int main() {
     }
     return false;
   };
-  expect(raises("9:13,1:4", "2:4,6:11", "spec"), "unsorted ranges raise a ValueError naming spec");
-  expect(raises("1:4,9:14", "2:4,6:11", "in_segments"),
+  expect(raises("9+4,1+3", "2+2,6+5", "spec"), "unsorted ranges raise a ValueError naming spec");
+  expect(raises("1+3,9+5", "2+2,6+5", "in_segments"),
          "a range past the weight's channels raises a ValueError naming in_segments");
-  expect(raises("1:4,5:6,9:13", "2:4", "at most two ranges"), "three ranges are refused");
-  expect(raises("1:4 x", "2:4", "spec"), "a malformed spec raises a ValueError naming spec");
+  expect(raises("1+3,5+1,9+4", "2+2", "at most two ranges"), "three ranges are refused");
+  expect(raises("1+3 x", "2+2", "spec"), "a malformed spec raises a ValueError naming spec");
 
   // scatter_block writes the block and zero-fills the rest.
   dvn::ChannelRanges out_r{2, 2, 6, 5}, in_r{1, 3, 9, 4};

@@ -1,12 +1,12 @@
 """Triton kernels of the sliced convolution (backend ``"triton"``).
 
 Three implicit-GEMM kernels read the full weight in place through at most two channel
-ranges per side, passed as scalars: ``conv_fwd`` (y), ``conv_bwd_input`` (grad x) and
-``conv_bwd_weight`` (grad weight, written only on the active block). ``op`` registers them
-as ``torch.library.triton_op`` custom ops with autograd. Importing this package imports
-Triton; ``dvn_kernels.backends`` imports it lazily.
+ranges per side, passed as scalars (``ChannelSegments.kernel_scalars``): ``conv_fwd`` (y),
+``conv_bwd_input`` (grad x) and ``conv_bwd_weight`` (grad weight, written only on the active
+block); ``depthwise`` runs depthwise convolutions. ``op`` holds the launchers behind the ops
+``dvn_kernels::triton_sliced_conv2d`` and ``triton_sliced_conv2d_backward``, which
+``dvn_kernels.ops`` defines when this package is imported. Importing it imports Triton;
+``dvn_kernels.ops`` imports it on the Triton ops' first call.
 """
 
-from .op import triton_conv2d
-
-__all__ = ["triton_conv2d"]
+from . import op  # noqa: F401  (defines the Triton ops)

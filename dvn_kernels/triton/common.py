@@ -18,12 +18,13 @@ def channel(v, s0, l0, s1, TWO: tl.constexpr):
 
 
 @triton.jit
-def swizzle(pid, num_m, num_n, GROUP_M: tl.constexpr):
-    """Grouped tile order (the Triton matmul tutorial's L2 swizzle): (pid_m, pid_n)."""
-    width = GROUP_M * num_n
-    group = pid // width
-    first_m = group * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
+def swizzle(pid, num_m, num_n, SWIZZLE_M: tl.constexpr):
+    """Tile order in bands of SWIZZLE_M tile rows (the Triton matmul tutorial's L2 swizzle):
+    (pid_m, pid_n)."""
+    width = SWIZZLE_M * num_n
+    band = pid // width
+    first_m = band * SWIZZLE_M
+    size_m = tl.minimum(num_m - first_m, SWIZZLE_M)
     pid_m = first_m + (pid % width) % size_m
     pid_n = (pid % width) // size_m
     return pid_m, pid_n

@@ -85,7 +85,7 @@ def variants(all_configs: bool = False) -> Iterator[Variant]:
         conv_bwd_weight._wgrad_kernel
     for dtype, precision in (("bf16", "ieee"), ("fp32", "tf32")):
         common = dict(KH=3, KW=3, ALIGN=16, TWO_IN=True, TWO_OUT=True, CHANNELS_LAST=True,
-                      PRECISION=precision, GROUP_M=8, GROUPED=False)
+                      PRECISION=precision, SWIZZLE_M=8, GROUPED=False)
         for gemm in gemms:
             yield Variant("fwd", fwd, dtype,
                           dict(common, HAS_BIAS=True, NO_PAD=False, DIRECT=True), gemm, True)
@@ -103,7 +103,7 @@ def variants(all_configs: bool = False) -> Iterator[Variant]:
                   dict(KW=3, TWO_IN=True, TWO_OUT=True, GROUPED=False), reduce)
     # Grouped convolutions (ResNeXt-like groups of 16 channels), default tiles.
     grouped = dict(KH=3, KW=3, ALIGN=16, TWO_IN=False, TWO_OUT=False, CHANNELS_LAST=True,
-                   PRECISION="ieee", GROUP_M=8, GROUPED=True)
+                   PRECISION="ieee", SWIZZLE_M=8, GROUPED=True)
     yield Variant("fwd-grouped", fwd, "bf16",
                   dict(grouped, HAS_BIAS=False, NO_PAD=False, DIRECT=True), gemms[0], True)
     yield Variant("dgrad-grouped", dgrad, "bf16",

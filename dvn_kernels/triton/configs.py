@@ -216,14 +216,14 @@ def _specialization(value, no_specialize: bool) -> str:
 
 def _record(kernel, args: tuple, kwargs: dict) -> None:
     name, params = _parameters(kernel)
-    constexprs, spec = {}, {}
+    constexprs, specialization = {}, {}
     for (arg, is_constexpr, no_specialize), value in zip(params, args):
         if is_constexpr:
             constexprs[arg] = value
         else:
-            spec[arg] = _specialization(value, no_specialize)
+            specialization[arg] = _specialization(value, no_specialize)
     constexprs.update(kwargs)  # constexprs are passed by keyword
-    _RECORDING.append(Launch(name, constexprs, spec))
+    _RECORDING.append(Launch(name, constexprs, specialization))
 
 
 class _Recorded:

@@ -22,7 +22,7 @@ import triton.language as tl
 from . import configs
 from .common import channel, swizzle
 from ..segments import ChannelSegments
-from .segments import gemm_layout, kernel_ranges
+from .layout import gemm_layout
 
 _NO_SPECIALIZE = ["C_IN_U", "C_OUT_U", "CIN_G_U", "COUT_G_U", "in_s0_u", "in_l0_u", "in_s1_u",
                   "out_s0_u", "out_l0_u", "out_s1_u", "M_BUCKET", "N_BUCKET", "K_BUCKET"]
@@ -84,7 +84,7 @@ def _dgrad_kernel(g, w, gx, ws,
                   TWO_OUT: tl.constexpr, UNIT_STRIDE: tl.constexpr, DIRECT: tl.constexpr,
                   CHANNELS_LAST: tl.constexpr, PRECISION: tl.constexpr, GROUPED: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  GROUP_M: tl.constexpr = 8):
+                  SWIZZLE_M: tl.constexpr = 8):
     # Channel counts and segment scalars arrive in units of ALIGN channels, so the compiler
     # knows their alignment (vector loads, pipelined copies) without specialising on values.
     C_IN = C_IN_U * ALIGN
@@ -104,7 +104,7 @@ def _dgrad_kernel(g, w, gx, ws,
         K_G = C_OUT
     MC = N * HC * WC  # pixels of one parity class (padded to the largest class)
     pid_m, pid_n = swizzle(tl.program_id(0), tl.cdiv(MC, BLOCK_M), tl.cdiv(N_G, BLOCK_N),
-                           GROUP_M)
+                           SWIZZLE_M)
     classes = STRIDE_H * STRIDE_W
     grp = tl.program_id(1) // classes
     cls = tl.program_id(1) - grp * classes
@@ -219,8 +219,8 @@ def conv_grad_input(grad_y: torch.Tensor, weight: torch.Tensor, ins: ChannelSegm
         return (triton.cdiv(mc, meta["BLOCK_M"]) * triton.cdiv(cin_g, meta["BLOCK_N"]),
                 classes * active, split_k)
 
-    in_s0, in_l0, in_s1, two_in = kernel_ranges(ins)
-    out_s0, out_l0, out_s1, two_out = kernel_ranges(outs)
+    in_s0, in_l0, in_s1, two_in = ins.kernel_scalars()
+    out_s0, out_l0, out_s1, two_out = outs.kernel_scalars()
     align = configs.channel_align(c_in, c_out, cin_g, cout_g, in_s0, in_l0, in_s1, out_s0,
                                   out_l0, out_s1)
     configs.launcher(_dgrad_kernel, ws)[grid](

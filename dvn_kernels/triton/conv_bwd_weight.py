@@ -21,7 +21,7 @@ import triton.language as tl
 from . import configs
 from .common import channel, swizzle
 from ..segments import ChannelSegments
-from .segments import gemm_layout, kernel_ranges
+from .layout import gemm_layout
 
 _NO_SPECIALIZE = ["C_IN_U", "C_OUT_U", "CIN_G_U", "COUT_G_U", "in_s0_u", "in_l0_u", "in_s1_u",
                   "out_s0_u", "out_l0_u", "out_s1_u", "M_BUCKET", "N_BUCKET", "K_BUCKET"]
@@ -55,7 +55,7 @@ def _wgrad_kernel(g, x, gw, ws,
                   TWO_OUT: tl.constexpr, NO_PAD: tl.constexpr, DIRECT: tl.constexpr,
                   CHANNELS_LAST: tl.constexpr, PRECISION: tl.constexpr, GROUPED: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  GROUP_M: tl.constexpr = 8):
+                  SWIZZLE_M: tl.constexpr = 8):
     # Channel counts and segment scalars arrive in units of ALIGN channels, so the compiler
     # knows their alignment (vector loads, pipelined copies) without specialising on values.
     C_IN = C_IN_U * ALIGN
@@ -78,7 +78,7 @@ def _wgrad_kernel(g, x, gw, ws,
     NPQ = N * P * Q
     ci_blocks = tl.cdiv(N_G, BLOCK_N)
     pid_m, pid_n = swizzle(tl.program_id(0), tl.cdiv(M_G, BLOCK_M), KH * KW * ci_blocks,
-                           GROUP_M)
+                           SWIZZLE_M)
     pid_k = tl.program_id(2)
     tap = pid_n // ci_blocks
     kh = tap // KW
@@ -169,8 +169,8 @@ def conv_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, ins: ChannelSegments
         return (triton.cdiv(cout_g, meta["BLOCK_M"]) * kh * kw
                 * triton.cdiv(cin_g, meta["BLOCK_N"]), active, split_k)
 
-    in_s0, in_l0, in_s1, two_in = kernel_ranges(ins)
-    out_s0, out_l0, out_s1, two_out = kernel_ranges(outs)
+    in_s0, in_l0, in_s1, two_in = ins.kernel_scalars()
+    out_s0, out_l0, out_s1, two_out = outs.kernel_scalars()
     align = configs.channel_align(c_in, c_out, cin_g, cout_g, in_s0, in_l0, in_s1, out_s0,
                                   out_l0, out_s1)
     configs.launcher(_wgrad_kernel, ws)[grid](

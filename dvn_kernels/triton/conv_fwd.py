@@ -23,7 +23,7 @@ import triton.language as tl
 from . import configs
 from .common import channel, swizzle
 from ..segments import ChannelSegments
-from .segments import gemm_layout, kernel_ranges
+from .layout import gemm_layout
 
 _NO_SPECIALIZE = ["C_IN_U", "C_OUT_U", "CIN_G_U", "COUT_G_U", "in_s0_u", "in_l0_u", "in_s1_u",
                   "out_s0_u", "out_l0_u", "out_s1_u", "M_BUCKET", "N_BUCKET", "K_BUCKET"]
@@ -58,7 +58,7 @@ def _fwd_kernel(x, w, b, y, ws,
                 DIRECT: tl.constexpr, CHANNELS_LAST: tl.constexpr, PRECISION: tl.constexpr,
                 GROUPED: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                GROUP_M: tl.constexpr = 8):
+                SWIZZLE_M: tl.constexpr = 8):
     # Channel counts and segment scalars arrive in units of ALIGN channels, so the compiler
     # knows their alignment (vector loads, pipelined copies) without specialising on values.
     C_IN = C_IN_U * ALIGN
@@ -80,7 +80,7 @@ def _fwd_kernel(x, w, b, y, ws,
     c0 = tl.program_id(1) * K_G
     M = N * P * Q
     pid_m, pid_n = swizzle(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N_G, BLOCK_N),
-                           GROUP_M)
+                           SWIZZLE_M)
     pid_k = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -176,8 +176,8 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cout_g, meta["BLOCK_N"]), active,
                 split_k)
 
-    in_s0, in_l0, in_s1, two_in = kernel_ranges(ins)
-    out_s0, out_l0, out_s1, two_out = kernel_ranges(outs)
+    in_s0, in_l0, in_s1, two_in = ins.kernel_scalars()
+    out_s0, out_l0, out_s1, two_out = outs.kernel_scalars()
     align = configs.channel_align(c_in, c_out, cin_g, cout_g, in_s0, in_l0, in_s1, out_s0,
                                   out_l0, out_s1)
     configs.launcher(_fwd_kernel, ws)[grid](

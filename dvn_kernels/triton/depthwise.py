@@ -27,7 +27,6 @@ import triton.language as tl
 from ..segments import ChannelSegments
 from . import configs
 from .common import channel
-from .segments import kernel_ranges
 
 BLOCK_P = 32  # pixels per tile (a tile is BLOCK_P x BLOCK_C)
 BLOCK_C = 32  # channels per tile
@@ -162,7 +161,7 @@ def depthwise_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     m = n * p * q
     if m == 0:
         return
-    s0, l0, s1, two = kernel_ranges(outs)
+    s0, l0, s1, two = outs.kernel_scalars()
     b = bias if bias is not None else y
     configs.launcher(_dw_fwd_kernel, y)[(triton.cdiv(m, BLOCK_P), triton.cdiv(c_out, BLOCK_C))](
         x, weight, b, y, m, h, w_, p, q, c_out, *x.stride(), weight.stride(0),
@@ -180,7 +179,7 @@ def depthwise_grad_input(grad_y: torch.Tensor, weight: torch.Tensor, outs: Chann
     m = n * h * w_
     if m == 0:
         return
-    s0, l0, s1, two = kernel_ranges(outs)
+    s0, l0, s1, two = outs.kernel_scalars()
     configs.launcher(_dw_dgrad_kernel, gx)[(triton.cdiv(m, BLOCK_P), triton.cdiv(c_in, BLOCK_C))](
         grad_y, weight, gx, m, h, w_, p, q, c_in, *grad_y.stride(), weight.stride(0),
         *weight.stride()[2:], *gx.stride(), s0, l0, s1, *_geometry(stride, padding, dilation),
@@ -205,7 +204,7 @@ def depthwise_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, outs: ChannelSe
         grad_y, x, ws, m, h, w_, p, q, c_out, *grad_y.stride(), *x.stride(),
         *_geometry(stride, padding, dilation), gw.shape[0] // groups, WGRAD_CHUNK, KH=kh, KW=kw,
         BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
-    s0, l0, s1, two = kernel_ranges(outs)
+    s0, l0, s1, two = outs.kernel_scalars()
     configs.launcher(_dw_wgrad_reduce_kernel, ws)[(cblocks, kh * kw)](
         ws, gw, c_out, chunks, gw.stride(0), *gw.stride()[2:], s0, l0, s1, KW=kw, TAPS=kh * kw,
         TWO_OUT=two, BLOCK_C=BLOCK_C)

@@ -13,8 +13,8 @@ So the op hands the kernels unit-stride channels always:
 - weights: a ``channels_last`` (KRSC) copy, cached per weight version (a weight changes once
   per optimizer step, is read by every forward and grad-input pass of every level);
 - results: written on a ``channels_last`` scratch and copied into the result the caller gets
-  (``dvn_kernels.fake``'s layout: NCHW callers get NCHW). Writing an NCHW result from the
-  kernel directly would make its stores uncoalesced for the same reason as the loads; one
+  (``dvn_kernels.ops.empty_output``'s layout: NCHW callers get NCHW). Writing an NCHW result
+  from the kernel directly would make its stores uncoalesced for the same reason as the loads; one
   coalesced store plus one copy (both at bandwidth) beats it.
 
 Under tracing (torch.compile, export, any dispatch mode, tensor subclasses) the weight cache is
@@ -49,6 +49,12 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
     if unit_channel_stride(t):
         return t
     return t.contiguous(memory_format=torch.channels_last)
+
+
+def gemm_layout(x: torch.Tensor) -> bool:
+    """True for strictly channels_last x: an autotune key of the implicit GEMMs (the best tile
+    differs)."""
+    return x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1
 
 
 def kernel_output(t: torch.Tensor) -> torch.Tensor:
