@@ -8,10 +8,10 @@ stay whole; grouped and depthwise convs included), BatchNorm2d layers SlicedBatc
 configuration starts from the original statistics and affine parameters of its channels),
 Linear layers SlicedLinear (on pooled features: inputs split into units; outputs whole for the
 model's outputs, split for the hidden layers of an MLP head). Every channel count gets one
-unit layout, in whole groups where grouped convs need them (``dvn.layouts``). Activations,
+unit layout, in whole groups where grouped convs need them (``dvn.model.layouts``). Activations,
 pooling, dropout, squeeze-excitation products and residual sums act on the compact tensors
 as they are. The model's own forward code runs unchanged: ``VirtualModel`` hands the
-selection to its sliced layers through a context variable (``dvn.networks.selected``) for the
+selection to its sliced layers through a context variable (``dvn.model.networks.selected``) for the
 duration of one call. Context variables are per thread (and per asyncio task), so one model
 object serves concurrent calls with different (task, level) correctly.
 """

@@ -21,8 +21,8 @@ Padding = Union[str, tuple[int, ...]]
 
 class SlicedConvForward:
     """The forward path shared by ``SlicedConv2d`` and ``dvn.deploy.shared.SharedConv2d``: resolve
-    the selection (``dvn.networks.resolve``), pad the input when the padding mode is not
-    zeros, and run the selection's units with its backend (``dvn.networks.conv_backend``).
+    the selection (``dvn.model.networks.resolve``), pad the input when the padding mode is not
+    zeros, and run the selection's units with its backend (``dvn.model.networks.conv_backend``).
 
     A subclass calls ``set_padding`` and defines ``run_units(x, active, backend)``: the
     lookup of what the unit set runs and the op call. Zero padding, 'same' included (its
@@ -62,7 +62,7 @@ class SlicedConv2d(SlicedConvForward, nn.Conv2d):
     or None for an unsplit side such as RGB input) and the default ``backend``. ``forward(x)``
     uses every unit and equals ``nn.Conv2d``; ``forward(x, active)`` takes compact ``x`` (the
     active input units' channels) and returns the active output units' channels. Without
-    ``active``, the selection of an enclosing ``dvn.networks.selected`` block applies. The
+    ``active``, the selection of an enclosing ``dvn.model.networks.selected`` block applies. The
     selection's backend, when it names one, overrides ``backend`` (``Active``).
 
     Each unit set's convolution is checked once and kept as a plan (``plan``): a call looks
