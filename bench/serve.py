@@ -48,7 +48,7 @@ def stand_in(folder: str, preset: str = "small") -> str:
     Fashion-MNIST 28x28 and digits 8x8 -> 16x16, grey) with random weights, as a unit file
     with its tasks' inputs."""
     import dvn.deploy as dd
-    from dvn import backbones
+    from dvn.model import backbones
     from dvn.data.loading import MEAN_STD
     from dvn.scenarios import get_scenario
     s = get_scenario("fmnist-joint", preset)

@@ -5,19 +5,19 @@ orders the units (paper's rule: by (|i - j|, i)); level l uses its first l units
 explicit: ``model(x, task=j, level=l)``.
 """
 
-from .backbones import PreActResNet, build, resnet, wrn
-from .calibration import calibrate_bn
-from .capture import CompiledConfigs, compile_configs
+from .model.backbones import PreActResNet, build, resnet, wrn
+from .model.calibration import calibrate_bn
+from .model.capture import CompiledConfigs, compile_configs
 from .checkpoint import atomic_save, load, save
-from .conv import SlicedConv2d
-from .convert import VirtualModel, convert_to_sliced
-from .export import count_parameters, to_static
-from .heads import LevelHeads, SlicedLinear
-from .networks import Active, VirtualNetworks, current_selection, paper_order, selected
-from .norm import SlicedBatchNorm2d
-from .shortcuts import UnitPad
-from .twin import MaskedTwin
-from .units import UnitLayout
+from .model.conv import SlicedConv2d
+from .model.convert import VirtualModel, convert_to_sliced
+from .model.export import count_parameters, to_static
+from .model.heads import LevelHeads, SlicedLinear
+from .model.networks import Active, VirtualNetworks, current_selection, paper_order, selected
+from .model.norm import SlicedBatchNorm2d
+from .model.shortcuts import UnitPad
+from .model.twin import MaskedTwin
+from .model.units import UnitLayout
 
 __all__ = [
     "Active", "CompiledConfigs", "LevelHeads", "MaskedTwin", "PreActResNet", "SlicedBatchNorm2d",

@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from dvn_kernels.files import atomic_write, previous_path  # noqa: F401  (a run's .prev.pt)
 
-from .backbones import build
+from .model.backbones import build
 
 FORMAT = "dvn-checkpoint-2"        # with a digest of its contents
 _UNCHECKED = "dvn-checkpoint-1"    # written before the digest existed: read without the check

@@ -239,7 +239,7 @@ def _export_pt2(a) -> int:
 
     from dvn_kernels.files import atomic_write
 
-    from .export import count_parameters, to_static
+    from .model.export import count_parameters, to_static
     from .host import resolve_device
     from .runs import load_run
     device = resolve_device(a.device)

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .backbones import BUILDERS
+from .model.backbones import BUILDERS
 
 KINDS = ("joint", "hierarchical", "sequential")
 SCHEDULES = ("step", "linear")
@@ -101,7 +101,7 @@ class Scenario:
         return f"{self.description}; {self.backbone}, k={self.units}, {sizes} px"
 
     def backbone_spec(self, num_classes: list[int], backend: str) -> dict:
-        """The ``dvn.backbones.build`` spec of this scenario's model."""
+        """The ``dvn.model.backbones.build`` spec of this scenario's model."""
         spec = dict(arch=self.arch, depth=self.depth, units=self.units, tasks=len(self.tasks),
                     num_classes=list(num_classes), input_sizes=list(self.input_sizes),
                     image_channels=list(self.channels), backend=backend)

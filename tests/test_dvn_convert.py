@@ -78,7 +78,7 @@ def test_every_level_equals_its_masked_twin_and_its_export():
         (gx_twin,) = torch.autograd.grad(twin(x, task=task, level=level).sum(), [x])
         torch.testing.assert_close(gx, gx_twin, rtol=1e-8, atol=1e-9)
     # After a call no selection is left behind: a direct call uses every unit again.
-    assert dvn.networks.current_selection() is None
+    assert dvn.model.networks.current_selection() is None
     conv = vm.module.layer1.conv1
     assert conv(torch.randn(1, 8, 5, 5, dtype=torch.float64)).shape == (1, 8, 5, 5)
 

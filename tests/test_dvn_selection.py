@@ -9,11 +9,11 @@ import dvn
 import dvn_kernels
 from dvn import (LevelHeads, SlicedBatchNorm2d, SlicedConv2d, SlicedLinear, UnitLayout, UnitPad,
                  VirtualNetworks, convert_to_sliced, selected)
-from dvn.backbones import PreActBlock
-from dvn.conv import SlicedConvForward
+from dvn.model.backbones import PreActBlock
+from dvn.model.conv import SlicedConvForward
 from dvn.deploy.shared import SharedConv2d
 from dvn.deploy.unitfile import unit_tensors
-from dvn.networks import SelectionCache, conv_backend, current_selection, resolve
+from dvn.model.networks import SelectionCache, conv_backend, current_selection, resolve
 
 
 def shared_conv(conv: SlicedConv2d, unit_sets) -> SharedConv2d:

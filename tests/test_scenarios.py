@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from data_files import write_cifar10, write_cifar100, write_stl10, write_tiny_imagenet
-from dvn import backbones
+from dvn.model import backbones
 from dvn.cli import main
 from dvn.training import PRESETS, SCENARIOS, get_scenario
 

@@ -13,10 +13,10 @@
 from .datasets import DATASETS, ENV_VARS, load
 from .loading import Loader, loader
 from .splits import DataFormatError, DatasetNotFoundError, Split
-from .tasks import FASHION_MNIST_COARSE, TASKS, TaskSpec, task
+from .tasks import FASHION_MNIST_COARSE, TASKS, TaskDefinition, task
 
 __all__ = [
     "DATASETS", "DataFormatError", "DatasetNotFoundError", "ENV_VARS",
-    "FASHION_MNIST_COARSE", "Loader", "Split", "TASKS", "TaskSpec",
+    "FASHION_MNIST_COARSE", "Loader", "Split", "TASKS", "TaskDefinition",
     "load", "loader", "task",
 ]

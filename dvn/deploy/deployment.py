@@ -25,7 +25,7 @@ import torch.nn as nn
 
 import dvn_kernels
 
-from ..export import to_static
+from ..model.export import to_static
 from .profiles import Profile, choose_level
 from .shared import LAYOUTS, SharedConv2d
 from .unitfile import PathLike, UnitFile, private_prefixes, sliced_convs, stem_tasks

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 import dvn_kernels
 from dvn_kernels import ChannelSegments, segments_from_units
 
-from ..conv import SlicedConv2d, SlicedConvForward
-from ..networks import Active
+from ..model.conv import SlicedConv2d, SlicedConvForward
+from ..model.networks import Active
 from .unitfile import block_key
 
 UnitSet = tuple[int, ...]

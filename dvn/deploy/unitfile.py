@@ -40,10 +40,10 @@ import torch.nn as nn
 
 from dvn_kernels.files import atomic_write
 
-from ..backbones import build
-from ..conv import SlicedConv2d
-from ..heads import LevelHeads
-from ..norm import SlicedBatchNorm2d
+from ..model.backbones import build
+from ..model.conv import SlicedConv2d
+from ..model.heads import LevelHeads
+from ..model.norm import SlicedBatchNorm2d
 from .images import TaskInput
 
 FORMAT = "dvn-units-2"            # with digests of its header and of every tensor

@@ -14,7 +14,7 @@ import dvn_kernels
 from dvn_kernels.channels import take_channels
 
 from .networks import Active, SelectionCache, conv_backend, resolve
-from .units import UnitLayout, UnitSpec
+from .units import UnitLayout, UnitsLike
 
 Padding = Union[str, tuple[int, ...]]
 
@@ -77,8 +77,8 @@ class SlicedConv2d(SlicedConvForward, nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 device=None, dtype=None, *, in_units: UnitSpec = None,
-                 out_units: UnitSpec = None, backend: str = "auto") -> None:
+                 device=None, dtype=None, *, in_units: UnitsLike = None,
+                 out_units: UnitsLike = None, backend: str = "auto") -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, padding_mode, device, dtype)
         self.in_layout = UnitLayout.of(in_channels, in_units)

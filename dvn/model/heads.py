@@ -14,7 +14,7 @@ from torch.nn.utils import skip_init
 from dvn_kernels.channels import take_channels
 
 from .networks import Active, VirtualNetworks, resolve
-from .units import UnitLayout, UnitSpec
+from .units import UnitLayout, UnitsLike
 
 
 class LevelHeads(nn.Module):
@@ -24,7 +24,7 @@ class LevelHeads(nn.Module):
     """
 
     def __init__(self, in_features: int, num_classes: Union[int, Sequence[int]],
-                 units: UnitSpec, networks: VirtualNetworks, bias: bool = True) -> None:
+                 units: UnitsLike, networks: VirtualNetworks, bias: bool = True) -> None:
         super().__init__()
         self.layout = UnitLayout.of(in_features, units)
         classes = [num_classes] * networks.tasks if isinstance(num_classes, int) \
@@ -66,7 +66,7 @@ class SlicedLinear(nn.Linear):
     is whole (the model's logits). Same parameters as ``nn.Linear``."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
-                 dtype=None, *, in_units: UnitSpec = None, out_units: UnitSpec = None) -> None:
+                 dtype=None, *, in_units: UnitsLike = None, out_units: UnitsLike = None) -> None:
         super().__init__(in_features, out_features, bias, device, dtype)
         self.in_layout = UnitLayout.of(in_features, in_units)
         self.out_layout = UnitLayout.of(out_features, out_units)

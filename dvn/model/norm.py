@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from .networks import Active, VirtualNetworks, resolve
-from .units import UnitLayout, UnitSpec
+from .units import UnitLayout, UnitsLike
 
 
 class SlicedBatchNorm2d(nn.Module):
@@ -20,7 +20,7 @@ class SlicedBatchNorm2d(nn.Module):
     parameters (``norms["t<task>_l<level>"]``).
     """
 
-    def __init__(self, num_features: int, units: UnitSpec, networks: VirtualNetworks,
+    def __init__(self, num_features: int, units: UnitsLike, networks: VirtualNetworks,
                  eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device=None, dtype=None) -> None:
         super().__init__()

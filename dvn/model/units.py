@@ -13,7 +13,7 @@ from dvn_kernels import ChannelSegments, segments_from_units, split_channels
 
 from .networks import SelectionCache
 
-UnitSpec = Union[None, int, Sequence[int], "UnitLayout"]
+UnitsLike = Union[None, int, Sequence[int], "UnitLayout"]
 
 
 class UnitLayout:
@@ -63,7 +63,7 @@ class UnitLayout:
         self._cache: SelectionCache[tuple[int, ...], ChannelSegments] = SelectionCache()
 
     @classmethod
-    def of(cls, channels: int, units: UnitSpec) -> UnitLayout:
+    def of(cls, channels: int, units: UnitsLike) -> UnitLayout:
         """``units`` as a layout of ``channels`` channels (a layout is checked and returned)."""
         if isinstance(units, UnitLayout):
             if units.channels != channels:

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..export import count_parameters
+from ..model.export import count_parameters
 from ..host import machine, resolve_device
 from ..runs import load_run, make_loader, task_splits
 from ..timing import medians, time_calls

@@ -92,20 +92,20 @@ def one(body: Any, tasks: Mapping[int, TaskInput], levels: Mapping[int, Sequence
     if has_image == has_pixels:
         raise InputError(where + "image", "give exactly one of image (base64 PNG or JPEG) "
                          "and pixels (a nested list)")
-    spec = tasks[task]
+    task_input = tasks[task]
     if has_image:
-        x = decode_image(body["image"], spec, where + "image")
+        x = decode_image(body["image"], task_input, where + "image")
     else:
-        x = decode_pixels(body["pixels"], spec, where + "pixels")
+        x = decode_pixels(body["pixels"], task_input, where + "pixels")
     return Request(task, x, level, None if deadline is None else now + deadline / 1e3, now)
 
 
-def _prepare(img, spec: TaskInput) -> torch.Tensor:
+def _prepare(img, task_input: TaskInput) -> torch.Tensor:
     """A PIL image as the task's network takes it: ``dvn.deploy.read_images``'s steps."""
-    return spec.prepare(image_tensor(img, spec)[None])[0]
+    return task_input.prepare(image_tensor(img, task_input)[None])[0]
 
 
-def decode_image(value: Any, spec: TaskInput, field: str) -> torch.Tensor:
+def decode_image(value: Any, task_input: TaskInput, field: str) -> torch.Tensor:
     """A base64 PNG or JPEG as the task's input (C x H x W)."""
     from PIL import Image
     if not isinstance(value, str):
@@ -121,14 +121,14 @@ def decode_image(value: Any, spec: TaskInput, field: str) -> torch.Tensor:
             if max(img.size) > MAX_SIDE:
                 raise InputError(field, f"image of {img.size[0]}x{img.size[1]} pixels; at most "
                                  f"{MAX_SIDE} a side", 413)
-            return _prepare(img, spec)
+            return _prepare(img, task_input)
     except InputError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise InputError(field, f"does not decode as a PNG or JPEG image ({e})") from None
 
 
-def decode_pixels(value: Any, spec: TaskInput, field: str) -> torch.Tensor:
+def decode_pixels(value: Any, task_input: TaskInput, field: str) -> torch.Tensor:
     """A nested list of 0..255 values, H x W (grey) or H x W x C (C = 1 or 3), as the task's
     input; any size (resized to the task's native size as an image file is)."""
     from PIL import Image
@@ -147,4 +147,4 @@ def decode_pixels(value: Any, spec: TaskInput, field: str) -> torch.Tensor:
     if not bool(torch.isfinite(t).all()) or t.min() < 0 or t.max() > 255:
         raise InputError(field, "values must be numbers from 0 to 255")
     array = t.round().to(torch.uint8).contiguous().numpy()
-    return _prepare(Image.fromarray(array, "L" if t.dim() == 2 else "RGB"), spec)
+    return _prepare(Image.fromarray(array, "L" if t.dim() == 2 else "RGB"), task_input)

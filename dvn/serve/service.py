@@ -144,7 +144,7 @@ class Service:
         from ..deploy.budget import memory_rows
         memory = {(r["task"], r["level"]): r for r in memory_rows(self.dep.file)}
         tasks = []
-        for j, spec in self.tasks.items():
+        for j, task_def in self.tasks.items():
             levels = []
             for lv in self.levels[j]:
                 m, prof = memory[(j, lv)], self.profile.row(j, lv) or {}
@@ -152,9 +152,9 @@ class Service:
                                "memory_mb": round(m["memory_mb"], 4),
                                **{k: round(v, 4) for k, v in prof.items()
                                   if k.startswith("latency_ms_")}})
-            tasks.append({"task": j, "name": spec.name, "labels": list(spec.classes or ()),
-                          "input": {"channels": spec.native_channels,
-                                    "size": list(spec.native_size)},
+            tasks.append({"task": j, "name": task_def.name, "labels": list(task_def.classes or ()),
+                          "input": {"channels": task_def.native_channels,
+                                    "size": list(task_def.native_size)},
                           "levels": levels})
         return {"file": os.path.basename(self.path), "tasks": tasks,
                 "held": {"parameters": self.dep.parameters_held(),

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import torch
 
-from .. import backbones
+from ..model import backbones
 from ..timing import time_calls
-from ..twin import MaskedTwin
+from ..model.twin import MaskedTwin
 from .losses import joint_loss
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import model_from
-from ..norm import SlicedBatchNorm2d
+from ..model.norm import SlicedBatchNorm2d
 from ..runs import checkpoint_path, read, trained_configs
 
 

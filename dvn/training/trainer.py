@@ -15,9 +15,9 @@ import torch.nn as nn
 
 from dvn_kernels.files import move_aside
 
-from .. import backbones
+from ..model import backbones
 from ..checkpoint import CheckpointError, save
-from ..export import count_parameters
+from ..model.export import count_parameters
 from ..host import resolve_device
 from ..runs import CHECKPOINT, TrainConfig, previous_path, read, run_config
 from ..scenarios import Scenario
@@ -29,7 +29,7 @@ from .schedule import lr_at
 
 
 def build_model(scenario: Scenario, num_classes: list[int], backend: str) -> nn.Module:
-    """The scenario's backbone (``dvn.backbones.BUILDERS``): k units, one virtual network per
+    """The scenario's backbone (``dvn.model.backbones.BUILDERS``): k units, one virtual network per
     task."""
     return backbones.build(scenario.backbone_spec(num_classes, backend))
 
