@@ -2,6 +2,7 @@
 and clear errors (tiny model, synthetic data)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -48,6 +49,8 @@ def test_resumed_run_equals_uninterrupted_then_eval_and_export(tmp_path, capsys)
                  "--quiet"]) == 0
     table = capsys.readouterr().out
     assert "| 1 (fmnist) | 2 |" in table and "WRN-8-1, k=2" in table  # what the preset built
+    # latency cells give the median and its 25th-75th percentile range
+    assert re.search(r"\| \d+\.\d\d \(\d+\.\d\d-\d+\.\d\d\) \| \d+\.\d \(", table), table
     result = json.load(open(f"{a}/results.json"))
     assert [(r["task"], r["level"]) for r in result["rows"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     row = result["rows"][1]

@@ -78,6 +78,13 @@ def _f(v, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _ms(r: dict, key: str, fmt: str) -> str:
+    """A latency cell: the median, and its 25th-75th percentile range when measured."""
+    iqr = r.get(f"{key}_iqr")
+    cell = format(r[key], fmt)
+    return cell if not iqr else f"{cell} ({format(iqr[0], fmt)}-{format(iqr[1], fmt)})"
+
+
 def markdown(result: dict) -> str:
     """The per-(task, level) table plus the checks, as markdown."""
     b = result.get("latency_batch")
@@ -90,7 +97,7 @@ def markdown(result: dict) -> str:
     head = ["task", "level", "parameters", "density", "accuracy %", "indep. same size %",
             "indep. full size %"]
     if b:
-        head += ["ms (b=1)", f"ms (b={b})", "speedup vs full (b=1 / b=%d)" % b,
+        head += ["ms (b=1, median (p25-p75))", f"ms (b={b})", "speedup vs full (b=1 / b=%d)" % b,
                  "speedup vs masked twin (b=1 / b=%d)" % b]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
@@ -98,7 +105,7 @@ def markdown(result: dict) -> str:
                  f"{100 * r['density']:.1f}%", f"{r['accuracy']:.2f}",
                  _f(r.get("indep_same"), ".2f"), _f(r.get("indep_full"), ".2f")]
         if b:
-            cells += [f"{r['latency_ms_b1']:.2f}", f"{r[f'latency_ms_b{b}']:.1f}",
+            cells += [_ms(r, "latency_ms_b1", ".2f"), _ms(r, f"latency_ms_b{b}", ".1f"),
                       f"{_f(r['speedup_vs_full_b1'], '.2f')} / "
                       f"{_f(r[f'speedup_vs_full_b{b}'], '.2f')}",
                       f"{r['speedup_vs_masked_b1']:.2f} / {r[f'speedup_vs_masked_b{b}']:.2f}"]
