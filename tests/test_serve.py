@@ -234,3 +234,29 @@ def test_serve_errors_exit_2(tmp_path, capsys, monkeypatch):
         main(["serve", str(tmp_path)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "serve: needs fastapi; install them: pip install" in err
+
+
+def test_runtime_onnxruntime_serves_each_level_on_its_session(unit):
+    """``--runtime onnxruntime``: every (task, level) on its own ONNX Runtime session, the same
+    answers as the level loaded alone in PyTorch, the runtime in /v1/models."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    path, files = unit
+    s = ServerProcess([path, "--runtime", "onnxruntime", "--max-batch", "4", "--threads", "1"],
+                      timeout=300)
+    try:
+        models = httpx.get(s.url + "/v1/models", timeout=TIMEOUT).json()
+        assert models["runtime"] == "onnxruntime"
+        assert all(lv["latency_ms_b1"] > 0 for t in models["tasks"] for lv in t["levels"])
+        for task, level in ((1, 1), (1, 2), (2, 2)):
+            f = files[0] if task == 1 else files[2]
+            got = post(s.url, {"task": task, "level": level, "image": b64(f)}).json()
+            want = reference(path, [f], task, level)[0]
+            assert got["level"] == level and got["class"] == int(want.argmax())
+            p = dict(got["top5"])
+            labels = TASKS[task - 1].classes
+            for c in want.topk(3).indices.tolist():
+                assert abs(p[labels[c]] - float(want[c])) < 1e-4
+    finally:
+        assert s.stop() == 0
+    assert any("separate copies on onnxruntime" in line for line in s.log)

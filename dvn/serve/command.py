@@ -31,7 +31,8 @@ def add_command(sub, positive) -> None:
                        "whose profiled batch latency fits the slack of the most urgent "
                        "waiting request. The profile is the run's profile.json (dvn profile) "
                        "or measured at start-up. Ctrl-C or SIGTERM answers what is queued "
-                       "and exits. (No --runtime: the deployment runs eager PyTorch only.)")
+                       "and exits. --runtime compiled or onnxruntime runs each (task, level) "
+                       "alone on that runtime instead (one copy of the weights per level).")
     p.add_argument("run", help="run folder (its unit file deploy.safetensors is written from "
                    "checkpoint.pt on first use), a model saved with dvn.save or a unit file "
                    "(.safetensors)")
@@ -52,6 +53,10 @@ def add_command(sub, positive) -> None:
                    "(each holds one copy of the weights)")
     p.add_argument("--separate-models", action="store_true", help="load every (task, level) "
                    "alone, k x k copies of the weights (the baseline bench.serve compares with)")
+    p.add_argument("--runtime", default="torch", choices=("torch", "compiled", "onnxruntime"),
+                   help="torch (default: eager PyTorch on one shared copy of the weights), "
+                   "compiled (torch.compile) or onnxruntime (the [deploy] extra): each "
+                   "(task, level) loaded alone on that runtime")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--threads", type=positive, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -73,7 +78,8 @@ def options(a) -> dict:
         raise ValueError(f"margin-ms: must be zero or more, got {a.margin_ms}")
     return dict(device=str(resolve_device(a.device)), max_batch=a.max_batch,
                 max_queue=a.max_queue, profile=a.profile, margin_ms=a.margin_ms,
-                max_body_bytes=int(a.max_body_mb * 1e6), separate=a.separate_models)
+                max_body_bytes=int(a.max_body_mb * 1e6), separate=a.separate_models,
+                runtime=a.runtime)
 
 
 def serve(a: argparse.Namespace) -> int:
@@ -83,7 +89,7 @@ def serve(a: argparse.Namespace) -> int:
         from .replicas import serve_replicas
         return serve_replicas(a.run, a.host, a.port, a.replicas, options(a),
                               threads=a.threads)
-    _needs("fastapi", "uvicorn")
+    _needs("fastapi", "uvicorn", *(("onnxruntime", "onnx") if a.runtime == "onnxruntime" else ()))
     import uvicorn
 
     from .app import create_app
@@ -95,7 +101,8 @@ def serve(a: argparse.Namespace) -> int:
     app = create_app(service)
     host, port = sock.getsockname()[:2]
     held = service.dep.bytes_held() / 1e6
-    copies = "one copy of the weights" if not a.separate_models else "separate copies"
+    copies = "one copy of the weights" if not (a.separate_models or a.runtime != "torch") \
+        else f"separate copies on {a.runtime}"
     log(f"{service.path}: {len(service.tasks)} tasks x levels {service.levels} on {copies} "
         f"({service.dep.parameters_held():,} parameters, {held:.2f} MB), loaded in "
         f"{service.startup_s:.1f} s")

@@ -25,15 +25,18 @@ class LatencyModel:
     batch: int
 
     @classmethod
-    def from_profile(cls, profile: Profile, configs: Sequence[tuple[int, int]]) -> LatencyModel:
-        """The model of ``configs`` from a profile table (every config needs a batch-1 row;
-        without a larger batch, latency grows in proportion to the batch)."""
+    def from_profile(cls, profile: Profile, configs: Sequence[tuple[int, int]],
+                     runtime: Optional[str] = None) -> LatencyModel:
+        """The model of ``configs`` from a profile table's rows of ``runtime`` (None: each
+        level's fastest; every config needs a batch-1 row; without a larger batch, latency
+        grows in proportion to the batch)."""
         batch = int(profile.meta.get("batch") or 1)
         b1, bn = {}, {}
         for task, level in configs:
-            row = profile.row(task, level)
+            row = profile.row(task, level, runtime)
             if row is None or row.get("latency_ms_b1") is None:
-                raise ValueError(f"profile: no batch-1 latency for task {task} level {level}")
+                on = f" on {runtime}" if runtime else ""
+                raise ValueError(f"profile: no batch-1 latency for task {task} level {level}{on}")
             b1[(task, level)] = float(row["latency_ms_b1"])
             big = row.get(f"latency_ms_b{batch}")
             bn[(task, level)] = float(big) if big is not None else b1[(task, level)] * batch

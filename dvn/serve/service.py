@@ -15,13 +15,15 @@ import torch
 
 from ..deploy.deployment import Deployment, load_level, storage_bytes
 from ..deploy.profiles import Profile, file_id
+from ..deploy.runtimes import check_runtime
+from ..deploy.runtimes import load as load_runtime
 from ..timing import time_calls
 from .metrics import Metrics
 from .policy import LatencyModel
 from .scheduler import Request, Scheduler
 
 
-def measure_profile(dep: Deployment, batch: int, repeats: int = 5) -> Profile:
+def measure_profile(dep, batch: int, repeats: int = 5, runtime: str = "torch") -> Profile:
     """Batch-1 and batch-``batch`` latency (ms, medians after one warm-up call) of every
     deployed (task, level), measured on the deployment itself: quick, for a server whose
     run has no ``profile.json``."""
@@ -29,10 +31,12 @@ def measure_profile(dep: Deployment, batch: int, repeats: int = 5) -> Profile:
     model = dep.model
     for task, level in sorted(dep.configs):
         size, ch = model.input_sizes[task - 1], model.image_channels[task - 1]
-        row = {"task": task, "level": level}
+        row = {"task": task, "level": level, "runtime": runtime}
         for b in sorted({1, batch}):
             x = torch.randn(b, ch, size, size, device=dep.device)
-            times, = time_calls([lambda: dep(x, task, level)], warmup=1,
+            # compiled levels settle over their first calls (compiles per batch size)
+            times, = time_calls([lambda: dep(x, task, level)],
+                                warmup=1 if runtime == "torch" else 5,
                                 repeats=repeats if b == 1 else max(2, repeats // 2),
                                 device=dep.device)
             row[f"latency_ms_b{b}"] = 1e3 * sorted(times)[len(times) // 2]
@@ -42,25 +46,41 @@ def measure_profile(dep: Deployment, batch: int, repeats: int = 5) -> Profile:
 
 
 class SeparateModels:
-    """Every (task, level) loaded alone (``load_level``): k x k separate copies of the weights,
-    called like a ``Deployment``; the baseline ``bench.serve`` compares one shared copy with."""
+    """Every (task, level) loaded alone on ``runtime`` (``dvn.deploy.runtimes``: ``torch``,
+    ``compiled`` or ``onnxruntime``): k x k separate copies of the weights, called like a
+    ``Deployment``. On ``torch``, the baseline ``bench.serve`` compares one shared copy with;
+    on the other runtimes, what ``dvn serve --runtime`` holds (faster levels, more memory)."""
 
-    def __init__(self, file, configs, device: Union[str, torch.device] = "cpu") -> None:
-        self.file, self.device = file, torch.device(device)
+    def __init__(self, file, configs, device: Union[str, torch.device] = "cpu",
+                 runtime: str = "torch") -> None:
+        self.file, self.device, self.runtime = file, torch.device(device), runtime
         self.model = file.skeleton  # meta device: the spec's input sizes and channels
         self.configs = frozenset(configs)
-        self.models = {c: load_level(file.path, *c, device=self.device) for c in sorted(configs)}
+        if runtime == "torch":
+            self.models = {c: load_level(file.path, *c, device=self.device)
+                           for c in sorted(configs)}
+        else:
+            self.models = {c: load_runtime(file.path, *c, runtime, device=self.device)
+                           for c in sorted(configs)}
 
     def __call__(self, x: torch.Tensor, task: int, level: int) -> torch.Tensor:
         with torch.no_grad():
             return self.models[(task, level)](x)
 
     def parameters_held(self) -> int:
+        if self.runtime != "torch":  # one copy of each level's weights in its runtime
+            return sum(r["parameters"] for r in self._memory())
         return sum(p.numel() for m in self.models.values() for p in m.parameters())
 
     def bytes_held(self) -> int:
+        if self.runtime != "torch":
+            return int(sum(r["memory_mb"] for r in self._memory()) * 1e6)
         return storage_bytes([t for m in self.models.values()
                               for t in (*m.parameters(), *m.buffers())])
+
+    def _memory(self) -> list[dict]:
+        from ..deploy.budget import memory_rows
+        return [r for r in memory_rows(self.file) if (r["task"], r["level"]) in self.configs]
 
     def close(self) -> None:
         self.file.close()
@@ -86,16 +106,20 @@ class Service:
     ``run``: a run folder or unit file; ``profile``: a profile table (default: the run's own
     when current, else measured at start-up on the deployment); ``max_batch`` / ``max_queue``:
     the batcher's bounds; ``separate``: load every (task, level) alone instead (k x k copies
-    of the weights: the baseline of ``bench.serve``).
+    of the weights: the baseline of ``bench.serve``); ``runtime``: ``torch`` (one shared copy
+    of the weights, eager), or ``compiled`` / ``onnxruntime``, which run each (task, level)
+    alone on that runtime (``dvn.deploy.runtimes``; one copy of the weights per level). The
+    level policy uses the profile's rows of the runtime in use.
     """
 
     def __init__(self, run: str, *, device: Union[str, torch.device] = "cpu",
                  max_batch: int = 16, max_queue: int = 256, profile: Optional[str] = None,
                  margin_ms: float = 1.0, max_body_bytes: int = 8 << 20,
-                 separate: bool = False, say=None) -> None:
+                 separate: bool = False, runtime: str = "torch", say=None) -> None:
         from ..deploy.runs import unit_file
         from ..deploy.unitfile import UnitFile
         say = say or (lambda m: None)
+        self.runtime = check_runtime(runtime)
         started = time.perf_counter()
         self.path = unit_file(run)
         self.run = run
@@ -106,17 +130,20 @@ class Service:
                              "dvn.deploy.save(model, path, tasks=...)")
         networks = file.skeleton.networks
         configs = sorted(networks.configs())
-        self.dep = SeparateModels(file, configs, device) if separate else \
-            Deployment(file, configs, device=device)
+        if runtime != "torch":
+            say(f"loading every (task, level) alone on {runtime}")
+        self.dep = SeparateModels(file, configs, device, runtime) \
+            if separate or runtime != "torch" else Deployment(file, configs, device=device)
         self.tasks = {j: file.tasks[j - 1] for j in sorted({t for t, _ in configs})}
         self.levels = {j: sorted(lv for t, lv in configs if t == j) for j in self.tasks}
         self.max_body_bytes = max_body_bytes
         table = find_profile(self.path, profile)
-        if table is None or not all(table.row(t, lv) for t, lv in configs):
-            say("no profile.json for this unit file (dvn profile): measuring latency")
-            table = measure_profile(self.dep, max_batch)
+        if table is None or not all(table.row(t, lv, runtime) for t, lv in configs):
+            say(f"no profile.json with {runtime} rows for this unit file (dvn profile): "
+                "measuring latency")
+            table = measure_profile(self.dep, max_batch, runtime=runtime)
         self.profile = table
-        self.latency = LatencyModel.from_profile(table, configs)
+        self.latency = LatencyModel.from_profile(table, configs, runtime)
         self.metrics = Metrics()
         self.scheduler = Scheduler(self.dep, self.levels, self.latency, self._answer,
                                    self.metrics, max_batch=max_batch, max_queue=max_queue,
@@ -147,7 +174,7 @@ class Service:
         for j, task_def in self.tasks.items():
             levels = []
             for lv in self.levels[j]:
-                m, prof = memory[(j, lv)], self.profile.row(j, lv) or {}
+                m, prof = memory[(j, lv)], self.profile.row(j, lv, self.runtime) or {}
                 levels.append({"level": lv, "parameters": m["parameters"],
                                "memory_mb": round(m["memory_mb"], 4),
                                **{k: round(v, 4) for k, v in prof.items()
@@ -156,7 +183,7 @@ class Service:
                           "input": {"channels": task_def.native_channels,
                                     "size": list(task_def.native_size)},
                           "levels": levels})
-        return {"file": os.path.basename(self.path), "tasks": tasks,
+        return {"file": os.path.basename(self.path), "runtime": self.runtime, "tasks": tasks,
                 "held": {"parameters": self.dep.parameters_held(),
                          "memory_mb": round(self.dep.bytes_held() / 1e6, 4)},
                 "profile": {k: v for k, v in self.profile.meta.items()
