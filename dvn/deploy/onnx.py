@@ -98,11 +98,16 @@ def session(model: Union[bytes, str], *, threads: Optional[int] = None,
     return ort.InferenceSession(model, session_options(threads), providers=providers(device))
 
 
-def run_session(sess, x: torch.Tensor) -> torch.Tensor:
-    """Runs a one-input session on a torch tensor; the output as a torch tensor on x's device."""
-    inp = sess.get_inputs()[0].name
-    y = sess.run(None, {inp: x.detach().to("cpu", torch.float32).contiguous().numpy()})[0]
-    return torch.from_numpy(y).to(x.device)
+def run_session(sess, x: torch.Tensor, input_name: Optional[str] = None) -> torch.Tensor:
+    """Runs a one-input session on a torch tensor; the output as a torch tensor on x's device.
+    ``input_name``: the session's input, when the caller has looked it up once."""
+    inp = input_name or sess.get_inputs()[0].name
+    device = x.device
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.requires_grad \
+            or not x.is_contiguous():
+        x = x.detach().to("cpu", torch.float32).contiguous()
+    y = torch.from_numpy(sess.run(None, {inp: x.numpy()})[0])
+    return y if device.type == "cpu" else y.to(device)
 
 
 def to_onnx(model: nn.Module, example: torch.Tensor, *, opset: Optional[int] = None,
