@@ -9,7 +9,8 @@ import textwrap
 import torch
 
 SCRIPT = textwrap.dedent("""
-    import os, sys, torch
+    import faulthandler, os, sys, torch
+    faulthandler.dump_traceback_later(240, exit=True)  # a hang prints every thread's stack
     from dvn.training import TrainConfig, get_scenario, train
     out = sys.argv[1]
     s = get_scenario("fmnist-joint", "tiny", epochs=3, batch_size=32)
@@ -26,7 +27,7 @@ def test_two_process_torchrun_keeps_ranks_equal(tmp_path):
     script.write_text(SCRIPT)
     env = dict(os.environ, DVN_SYNTHETIC_DATA="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", "29533", str(script), str(tmp_path / "run")]
+           "--standalone", str(script), str(tmp_path / "run")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / "run" / f"rank{r}.pt", weights_only=True) for r in (0, 1))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+import warnings
+import weakref
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -15,6 +18,9 @@ class World:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # Tensors this process handed to a gloo collective from Python, as weak references: see
+    # ``shutdown``.
+    sent: list = field(default_factory=list, compare=False, repr=False)
 
     @property
     def distributed(self) -> bool:
@@ -58,6 +64,7 @@ def all_sum(values: list[float], world: World, device: torch.device) -> list[flo
     t = torch.tensor(values, dtype=torch.float64,
                      device=device if device.type == "cuda" else "cpu")
     dist.all_reduce(t)
+    world.sent.append(weakref.ref(t))
     return t.tolist()
 
 
@@ -66,9 +73,27 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def shutdown(world: World) -> None:
-    if world.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(world: World, timeout_s: float = 60.0) -> None:
+    """Leaves the process group once every rank is done and no gloo worker thread still holds
+    a tensor that this process created in Python.
+
+    Why the wait: releasing such a tensor needs the GIL, and the process group's destructor
+    joins its worker threads while holding the GIL (when the last DDP reducer is freed). A
+    worker still holding the last collective's tensor then waits for the GIL forever (seen
+    under torch 2.11 on a loaded 2-core machine). Sleeping here releases the GIL until the
+    workers have let go of every tensor in ``world.sent``."""
+    if not (world.distributed and dist.is_initialized()):
+        return
+    dist.barrier()
+    deadline = time.monotonic() + timeout_s
+    while any(ref() is not None for ref in world.sent):
+        if time.monotonic() > deadline:
+            warnings.warn(f"distributed.shutdown: a collective's tensor was not released "
+                          f"within {timeout_s:.0f} s; leaving the process group anyway")
+            break
+        time.sleep(0.001)
+    world.sent.clear()
+    dist.destroy_process_group()
 
 
 def average_buffers(module: nn.Module, world: World) -> None:
@@ -76,7 +101,16 @@ def average_buffers(module: nn.Module, world: World) -> None:
     rank ends an epoch with the same model and the saved statistics reflect all the data."""
     if not world.distributed:
         return
-    for buf in module.buffers():
-        if buf.is_floating_point():
-            dist.all_reduce(buf)
-            buf.div_(world.world_size)
+    bufs = [b for b in module.buffers() if b.is_floating_point()]
+    if not bufs:
+        return
+    # One collective on a temporary tensor: ``shutdown`` can then tell when gloo released it.
+    flat = torch.cat([b.detach().reshape(-1).to(torch.float64) for b in bufs])
+    dist.all_reduce(flat)
+    flat.div_(world.world_size)
+    offset = 0
+    with torch.no_grad():
+        for b in bufs:
+            b.copy_(flat[offset:offset + b.numel()].view_as(b))
+            offset += b.numel()
+    world.sent.append(weakref.ref(flat))
