@@ -182,6 +182,26 @@ def test_compiled_runtime_equals_the_level(unit):
         runtimes.load(path, 2, 2, "tvm")
 
 
+def test_compiled_levels_of_one_shape_keep_their_own_frozen_weights(unit):
+    """Two tasks at one level have the same shapes and different weights: each compiled
+    runner answers with its own (frozen graphs never shared), and batch 1 runs its
+    convolutions on prepacked oneDNN weights, not PyTorch's im2col path."""
+    model, path, _ = unit
+    x = torch.randn(1, 3, 16, 16)
+    runs = {task: runtimes.load(path, task, 1, "compiled") for task in (1, 2)}
+    with torch.no_grad():
+        for task, run in runs.items():
+            torch.testing.assert_close(run(x), model(x, task=task, level=1), atol=1e-4,
+                                       rtol=1e-4)
+        assert not torch.equal(runs[1](x), runs[2](x))
+        if torch.backends.mkldnn.is_available():
+            with torch.profiler.profile() as prof:
+                runs[2](x)
+            names = {e.key for e in prof.key_averages()}
+            assert "aten::_slow_conv2d_forward" not in names, sorted(names)
+            assert any("convolution_pointwise" in n for n in names), sorted(names)
+
+
 def test_profile_rows_carry_their_runtime_and_spread(unit, tmp_path, capsys):
     _, path, _ = unit
     out = tmp_path / "prof"

@@ -38,6 +38,24 @@ def test_backend_matches_oracle(backend, layout, geometry):
     check_against_oracle(p, backend)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("layout", ["two", "one"])
+def test_cpu_kernel_with_several_threads(threads, layout):
+    """The CPU kernel's threaded loops (im2col rows, batch) against the oracle: scripts/test
+    runs its workers with one intra-op thread each, so the threaded paths are tested here."""
+    if "cpu" not in BACKENDS:
+        pytest.skip("the cpu backend is not built")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for kernel, stride in ((3, 1), (1, 2)):
+            p = make_problem(*SEGMENT_LAYOUTS[layout], kernel=kernel, stride=stride,
+                             padding=kernel // 2, batch=5, size=(23, 19))
+            check_against_oracle(p, "cpu")
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_weight_gradient_is_zero_outside_the_active_block(backend):
     p = make_problem(*SEGMENT_LAYOUTS["two"])

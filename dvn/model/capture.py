@@ -38,7 +38,7 @@ import torch.nn as nn
 from .networks import selected
 
 
-def _own_function(fn: Callable, name: str) -> Callable:
+def own_function(fn: Callable, name: str) -> Callable:
     """A copy of the closure ``fn`` with a code object of its own (torch.compile's cache key)."""
     code = fn.__code__.replace(co_name=name, co_qualname=name)
     return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
@@ -48,7 +48,7 @@ def _config_function(model: nn.Module, task: int, level: int, tag: str) -> Calla
     """The function of one configuration, ``x -> logits``."""
     def run(x):
         return model(x, task=task, level=level)
-    return _own_function(run, f"dvn_task{task}_level{level}_{tag}")
+    return own_function(run, f"dvn_task{task}_level{level}_{tag}")
 
 
 def _default_mode(model: nn.Module, backend: Any) -> Optional[str]:
