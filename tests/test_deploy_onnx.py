@@ -194,6 +194,15 @@ def test_compiled_levels_of_one_shape_keep_their_own_frozen_weights(unit):
             torch.testing.assert_close(run(x), model(x, task=task, level=1), atol=1e-4,
                                        rtol=1e-4)
         assert not torch.equal(runs[1](x), runs[2](x))
+        # Larger batches share one graph: a server's varying batch sizes do not recompile.
+        torch.testing.assert_close(runs[2](torch.cat([x, x])), model(torch.cat([x, x]), task=2,
+                                                                     level=1), atol=1e-4,
+                                   rtol=1e-4)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for b in (3, 5, 7):
+                xb = torch.randn(b, 3, 16, 16)
+                torch.testing.assert_close(runs[2](xb), model(xb, task=2, level=1), atol=1e-4,
+                                           rtol=1e-4)
         if torch.backends.mkldnn.is_available():
             with torch.profiler.profile() as prof:
                 runs[2](x)
