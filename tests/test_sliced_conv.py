@@ -48,9 +48,10 @@ def test_cpu_kernel_with_several_threads(threads, layout):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for kernel, stride in ((3, 1), (1, 2)):
+        # batch 1 runs the im2col path (small single images), batch 5 the others
+        for kernel, stride, batch in ((3, 1, 1), (3, 1, 5), (1, 2, 5)):
             p = make_problem(*SEGMENT_LAYOUTS[layout], kernel=kernel, stride=stride,
-                             padding=kernel // 2, batch=5, size=(23, 19))
+                             padding=kernel // 2, batch=batch, size=(23, 19))
             check_against_oracle(p, "cpu")
     finally:
         torch.set_num_threads(before)

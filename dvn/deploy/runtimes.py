@@ -28,6 +28,10 @@ from .unitfile import PathLike
 
 RUNTIMES = ("torch", "compiled", "onnxruntime")
 
+# Inductor's config is process-wide: one lock for every capture that compiles with freezing on,
+# so two levels compiling at once cannot restore each other's setting out of order.
+_FREEZING = threading.Lock()
+
 
 def check_runtime(runtime: str) -> str:
     """``runtime`` when it is one of ``RUNTIMES``, else a ValueError naming the choices."""
@@ -80,7 +84,8 @@ def frozen_capture(module: nn.Module, name: str) -> Callable[[torch.Tensor], tor
       fused in. Without it, PyTorch runs a small batch-1 convolution (< 20,480 input elements)
       on its im2col path: WRN-14-2 level 2 took 2.25 ms against 1.72 ms frozen (1 thread).
       Inductor reads ``freezing`` when the graph compiles, not from ``torch.compile``'s
-      options, so the setting is held (under a lock) around each call that compiles.
+      options, so the setting is held (under one process-wide lock) around each call that
+      may compile.
     * A code object of its own: torch.compile keeps its graphs per code object and does not
       tell two instances of one class apart by their weights; a frozen graph of one level
       must never answer for another.
@@ -93,12 +98,11 @@ def frozen_capture(module: nn.Module, name: str) -> Callable[[torch.Tensor], tor
     fn = torch.compile(own_function(run, name), dynamic=False, options={
         "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
     compiled: set = set()
-    lock = threading.Lock()
 
     def call(x: torch.Tensor) -> torch.Tensor:
         if (x.shape, x.dtype, x.device) in compiled:
             return fn(x)
-        with lock, torch._inductor.config.patch(freezing=True):
+        with _FREEZING, torch._inductor.config.patch(freezing=True):
             if x.dim() and x.shape[0] > 1:
                 torch._dynamo.maybe_mark_dynamic(x, 0)
             out = fn(x)
