@@ -103,14 +103,25 @@ def _nvidia_include_dirs() -> list[str]:
     return dirs
 
 
+def _openmp_flags() -> list[str]:
+    """-fopenmp where torch's CPU ops run on OpenMP: without it ATen's at::parallel_for
+    (a header template) compiles to a serial loop in this extension, and runs its body as if
+    inside a parallel region, so even the GEMMs it calls run on one thread. The extension then
+    uses torch's own OpenMP runtime (already loaded, same soname)."""
+    if sys.platform == "win32" or not torch.backends.openmp.is_available():
+        return []
+    return ["-fopenmp"]
+
+
 def _extension():
     why_not = _why_no_cuda()
-    cxx_flags = ["-O3", "-DPy_LIMITED_API=0x03090000", f"-DDVN_MODULE={MODULE}"]
+    cxx_flags = ["-O3", "-DPy_LIMITED_API=0x03090000", f"-DDVN_MODULE={MODULE}", *_openmp_flags()]
+    link_flags = _openmp_flags()
     if why_not is not None:
         _log(f"building the C++ CPU kernels only: {why_not}")
         ext = cpp_extension.CppExtension(
             f"dvn_kernels.{MODULE}", CPP_SOURCES, extra_compile_args={"cxx": cxx_flags},
-            py_limited_api=True)
+            extra_link_args=link_flags, py_limited_api=True)
         return ext, {"cuda": False, "why_no_cuda": why_not}
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         # torch cannot detect an architecture without a GPU; default to Hopper (H100/H200).
@@ -125,7 +136,7 @@ def _extension():
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"] + (
             # Registers, spills and shared memory per kernel in the build log (scripts/gpu-check).
             ["-Xptxas=-v"] if os.environ.get("DVN_NVCC_RESOURCE_USAGE") == "1" else [])},
-        py_limited_api=True)
+        extra_link_args=link_flags, py_limited_api=True)
     return ext, {"cuda": True, "cuda_arch_list": arch, "cuda_version": torch.version.cuda}
 
 

@@ -41,17 +41,21 @@ def test_backend_matches_oracle(backend, layout, geometry):
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("layout", ["two", "one"])
 def test_cpu_kernel_with_several_threads(threads, layout):
-    """The CPU kernel's threaded loops (im2col rows, batch) against the oracle: scripts/test
+    """The CPU kernel's threaded loops against the oracle, with gradients on (the im2col bands
+    run ATen ops on OpenMP's threads, which must take the caller's autograd state): scripts/test
     runs its workers with one intra-op thread each, so the threaded paths are tested here."""
     if "cpu" not in BACKENDS:
         pytest.skip("the cpu backend is not built")
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        # batch 1 runs the im2col path (small single images), batch 5 the others
-        for kernel, stride, batch in ((3, 1, 1), (3, 1, 5), (1, 2, 5)):
+        # batch 1 runs the im2col path (small single images): bands of output rows where the
+        # image has more pixels than output channels, else one unfold and threaded GEMMs;
+        # batch 5 the others
+        for kernel, stride, batch, size in ((3, 1, 1, (54, 54)), (3, 1, 1, (2, 2)),
+                                            (3, 1, 5, (23, 19)), (1, 2, 5, (23, 19))):
             p = make_problem(*SEGMENT_LAYOUTS[layout], kernel=kernel, stride=stride,
-                             padding=kernel // 2, batch=batch, size=(23, 19))
+                             padding=kernel // 2, batch=batch, size=size)
             check_against_oracle(p, "cpu")
     finally:
         torch.set_num_threads(before)

@@ -6,6 +6,10 @@
 // call, which at batch 1 costs as much as the product (ResNet-42 level 3: 67 MB copied per
 // image). Here each (output range, input range) pair of the active block is a row-major matrix
 // with leading dimension C_in*kh*kw of the contiguous full weight, handed to the GEMM as it is.
+// With several threads an image with more pixels than output channels runs in bands of output
+// rows (each thread unfolds and multiplies its own band); otherwise one parallel unfold is
+// followed by GEMMs that split the output channels. The extension must be compiled with OpenMP
+// (setup.py, CMakeLists.txt) for at::parallel_for to run in parallel at all.
 #pragma once
 
 #include <ATen/core/Tensor.h>
