@@ -2,10 +2,10 @@
 separately loaded model per (task, level).
 
     python -m bench.serve                                  # fmnist-joint's WRN-14-2, k = 2
-    python -m bench.serve --stand-in small --json bench/results/serve-small-stand-in-cpu-2core.json
+    python -m bench.serve --stand-in small --burst-rps 800 --json serve-small.json
 
 The server runs in a child process on 127.0.0.1 (an ephemeral port), one torch thread; the
-client (this process, asyncio + httpx) replays one open-loop trace per mode: Poisson arrivals
+client (this process, asyncio and ``bench.http_client``) replays one open-loop trace per mode: Poisson arrivals
 alternating light phases and bursts, tasks at random, every request with the same deadline,
 bounded in count and time (it stops by itself). Modes, on the same trace:
 
@@ -19,7 +19,9 @@ is a miss), mean accuracy of the answers (each (task, level)'s measured test acc
 run's ``results.json``: by default the committed fmnist-joint small-preset results, whose
 architecture the random-weight stand-in has), throughput, the server's resident memory (VmRSS,
 VmHWM of its process), and at light load the p99 of end-to-end latency minus the level's
-profiled batch-1 latency (what HTTP, the queue and batching add).
+profiled batch-1 latency (what HTTP, the queue and batching add). After each trace, ``--alone``
+requests go one at a time: the same figure for a request that finds the server idle (no other
+request's batch to wait for).
 """
 
 from __future__ import annotations
@@ -113,38 +115,73 @@ def images(tasks: int, sizes: list[tuple[int, int]]) -> dict[int, str]:
 
 async def replay(url: str, events, payloads: dict[int, str], deadline_ms: float,
                  level, timeout_s: float) -> list[dict]:
-    """Sends every event at its time (open loop); each record: phase, task, status, level, e2e ms."""
-    import httpx
+    """Sends every event at its time (open loop); each record: phase, task, status, level, e2e ms.
+    The client is ``bench.http_client`` (keep-alive HTTP/1.1, bodies serialised once per
+    task): on this shared machine the load generator's own CPU is part of what is measured."""
+    from bench.http_client import Client, HTTPError
+    bodies = {}
+    for task, image in payloads.items():
+        body = {"task": task, "image": image, "deadline_ms": deadline_ms}
+        if level is not None:
+            body["level"] = level
+        bodies[task] = json.dumps(body).encode()
     records: list[dict] = []
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s) as client:
-        start = time.perf_counter()
+    client = Client(url, max_connections=512)
+    start = time.perf_counter()
 
-        async def one(t, task, phase):
-            delay = start + t - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+    async def one(t, task, phase):
+        delay = start + t - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sent = time.perf_counter()
+        rec = {"phase": phase, "task": task, "status": None, "level": None}
+        try:
+            status, body = await client.post("/v1/predict", bodies[task], timeout_s)
+            rec["status"] = status
+            if status == 200:
+                a = json.loads(body)
+                rec.update(level=a["level"], server_ms=a["latency_ms"], batch=a["batch"],
+                           queued_ms=a["queued_ms"], server_met=a.get("deadline_met"))
+        except (HTTPError, OSError, asyncio.TimeoutError) as e:
+            rec["status"] = type(e).__name__
+        rec["e2e_ms"] = (time.perf_counter() - sent) * 1e3
+        records.append(rec)
+
+    tasks = [asyncio.create_task(one(*e)) for e in events]
+    done, pending = await asyncio.wait(tasks, timeout=events[-1][0] + timeout_s + 5)
+    for p in pending:
+        p.cancel()
+    await client.close()
+    return records
+
+
+async def alone(url: str, n: int, payloads: dict[int, str], deadline_ms: float, level,
+                mean_gap_s: float, timeout_s: float, seed: int = 1) -> list[dict]:
+    """``n`` requests one at a time (each sent after the previous answer and a random pause of
+    mean ``mean_gap_s``), tasks alternating: what the server adds to a request that finds it
+    idle, with no other request's batch to wait for. Records as ``replay``'s."""
+    from bench.http_client import Client
+    rng = random.Random(seed)
+    client = Client(url, max_connections=1)
+    records = []
+    try:
+        for i in range(n):
+            task = 1 + i % len(payloads)
             body = {"task": task, "image": payloads[task], "deadline_ms": deadline_ms}
             if level is not None:
                 body["level"] = level
+            await asyncio.sleep(rng.expovariate(1 / mean_gap_s))
             sent = time.perf_counter()
-            rec = {"phase": phase, "task": task, "status": None, "level": None}
-            try:
-                r = await client.post("/v1/predict", json=body)
-                rec["status"] = r.status_code
-                if r.status_code == 200:
-                    a = r.json()
-                    rec.update(level=a["level"], server_ms=a["latency_ms"], batch=a["batch"],
-                               server_met=a.get("deadline_met"))
-            except httpx.HTTPError as e:
-                rec["status"] = type(e).__name__
-            rec["e2e_ms"] = (time.perf_counter() - sent) * 1e3
+            status, raw = await client.post("/v1/predict", json.dumps(body).encode(), timeout_s)
+            e2e = (time.perf_counter() - sent) * 1e3
+            rec = {"phase": "alone", "task": task, "status": status, "level": None, "e2e_ms": e2e}
+            if status == 200:
+                a = json.loads(raw)
+                rec.update(level=a["level"], server_ms=a["latency_ms"], batch=a["batch"],
+                           queued_ms=a["queued_ms"], server_met=a.get("deadline_met"))
             records.append(rec)
-
-        tasks = [asyncio.create_task(one(*e)) for e in events]
-        done, pending = await asyncio.wait(tasks, timeout=events[-1][0] + timeout_s + 5)
-        for p in pending:
-            p.cancel()
+    finally:
+        await client.close()
     return records
 
 
@@ -206,6 +243,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-queue", type=int, default=512)
     p.add_argument("--margin-ms", type=float, default=1.0, help="the server's --margin-ms")
+    p.add_argument("--alone", type=int, default=200, help="after each mode's trace, this many "
+                   "requests one at a time (the server idle when each arrives; mean pause "
+                   "1/light-rps): the latency the server adds without queueing (0: skip)")
     p.add_argument("--modes", nargs="+", default=["deadline", "top", "level1", "separate"])
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
@@ -245,6 +285,9 @@ def main(argv=None) -> int:
             print(f"# {mode}: {len(events)} requests over {span:.1f} s", file=sys.stderr)
             records = asyncio.run(replay(server.url, events, payloads, a.deadline_ms, level,
                                          timeout_s=10.0))
+            if a.alone:
+                single = asyncio.run(alone(server.url, a.alone, payloads, a.deadline_ms, level,
+                                           1 / a.light_rps, timeout_s=10.0))
             mem = rss_kb(server.proc.pid)
             row = {"mode": mode, "server": kind, "held_mb": models["held"]["memory_mb"],
                    "rss_mb": mem["VmRSS"] / 1e3, "peak_rss_mb": mem["VmHWM"] / 1e3,
@@ -255,6 +298,8 @@ def main(argv=None) -> int:
                 phase_s = sum(a.light_s if phase == "light" else a.burst_s for _ in [0]) * \
                     (span / (a.light_s + a.burst_s))
                 row[phase] = summarize(part, a.deadline_ms, acc, b1, phase_s, top)
+            if a.alone:
+                row["alone"] = summarize(single, a.deadline_ms, acc, b1, 0.0, top)
             rows.append(row)
             print(json.dumps({k: row[k] for k in ("mode", "rss_mb", "held_mb")} |
                              {"all": row["all"]}), file=sys.stderr)
@@ -270,7 +315,7 @@ def main(argv=None) -> int:
             "trace": {"requests": len(events), "seconds": span, "light_rps": a.light_rps,
                       "burst_rps": a.burst_rps, "light_s": a.light_s, "burst_s": a.burst_s,
                       "deadline_ms": a.deadline_ms},
-            "max_batch": a.max_batch, "margin_ms": a.margin_ms, "unit_file_bytes": top_bytes,
+            "alone": a.alone, "max_batch": a.max_batch, "margin_ms": a.margin_ms, "unit_file_bytes": top_bytes,
             "load_average": os.getloadavg()}
     print(markdown(meta, rows))
     if a.json:
@@ -291,20 +336,24 @@ def markdown(meta: dict, rows: list[dict]) -> str:
              f"ms; {meta['model']}; accuracy from {meta['accuracy_from']}.", "",
              "| mode | attainment (all / light / burst) | in the server (all) | mean accuracy (all / light / burst) | "
              "throughput /s | mean batch | levels | added ms at batch 1, light: p50 / p99 "
-             "end to end, p50 / p99 in the server | RSS MB (peak) | weights held MB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "end to end, p50 / p99 in the server | same, one request at a time | "
+             "RSS MB (peak) | weights held MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f = lambda key, d=2: " / ".join("-" if r[p].get(key) is None else   # noqa: E731
                                         f"{r[p][key] * (100 if key == 'attainment' else 1):.{d}f}"
                                         for p in ("all", "light", "burst"))
-        lt = r["light"]
-        add = None if lt.get("p99_added_ms_batch1") is None else (
-            f"{lt['p50_added_ms_batch1']:.1f} / {lt['p99_added_ms_batch1']:.1f}, "
-            f"{lt['p50_server_added_ms_batch1']:.1f} / {lt['p99_server_added_ms_batch1']:.1f}")
+        def added(lt: dict) -> str:
+            if lt.get("p99_added_ms_batch1") is None:
+                return "-"
+            return (f"{lt['p50_added_ms_batch1']:.1f} / {lt['p99_added_ms_batch1']:.1f}, "
+                    f"{lt['p50_server_added_ms_batch1']:.1f} / "
+                    f"{lt['p99_server_added_ms_batch1']:.1f}")
         lines.append(f"| {r['mode']} | {f('attainment', 1)} % | "
                      f"{_pct(r['all'].get('attainment_server'))} | {f('mean_accuracy')} | "
                      f"{r['all']['throughput_rps']:.0f} | {r['all'].get('mean_batch', 0):.1f} | "
-                     f"{r['all']['levels']} | {add or '-'} | "
+                     f"{r['all']['levels']} | {added(r['light'])} | "
+                     f"{added(r.get('alone', {}))} | "
                      f"{r['rss_mb']:.0f} ({r['peak_rss_mb']:.0f}) | {r['held_mb']:.2f} |")
     return "\n".join(lines)
 

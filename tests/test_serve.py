@@ -75,6 +75,7 @@ def test_healthz_models_and_metrics(server):
     assert [lv["level"] for lv in levels] == [1, 2]
     assert levels[0]["parameters"] < levels[1]["parameters"]
     assert all(lv["latency_ms_b1"] > 0 and lv["latency_ms_b8"] > 0 for lv in levels)
+    assert all(len(lv["latency_scale"]) == 2 and min(lv["latency_scale"]) > 0 for lv in levels)
     # one copy of the weights: fewer parameters than the levels loaded separately
     separate = sum(lv["parameters"] for t in models["tasks"] for lv in t["levels"])
     assert models["held"]["parameters"] < separate / 2
@@ -260,3 +261,45 @@ def test_runtime_onnxruntime_serves_each_level_on_its_session(unit):
     finally:
         assert s.stop() == 0
     assert any("separate copies on onnxruntime" in line for line in s.log)
+
+
+def test_bench_client_posts_over_keep_alive_and_survives_a_closed_connection(server):
+    """bench.serve's load generator: answers equal httpx's, a connection the server closed is
+    replaced, a refused port is an error and not a hang."""
+    import asyncio
+
+    from bench.http_client import Client, HTTPError
+
+    body = {"task": 2, "level": 1, "pixels": [[0, 255], [255, 0]]}
+
+    async def run():
+        c = Client(server.url, max_connections=2)
+        try:
+            answers = await asyncio.gather(*(c.post("/v1/predict", json.dumps(body).encode(), 30)
+                                             for _ in range(5)))
+            assert len(c._idle) == 2                       # at most two connections opened
+            for _, writer in c._idle:                      # as the server's idle timeout would
+                writer.transport.abort()
+            again = await c.post("/v1/predict", json.dumps(body).encode(), 30)
+            bad = await c.post("/v1/predict", b"{", 30)
+        finally:
+            await c.close()
+        return answers, again, bad
+
+    answers, again, bad = asyncio.run(run())
+    expected = post(server.url, body).json()
+    for status, raw in [*answers, again]:
+        assert status == 200 and json.loads(raw)["class"] == expected["class"]
+    assert bad[0] == 400 and json.loads(bad[1])["error"]["field"] == "body"
+    with pytest.raises(ValueError, match="url"):
+        Client("localhost:80")
+
+    async def refused():
+        import socket
+        with socket.socket() as s:   # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        await Client(f"http://127.0.0.1:{port}").post("/", b"{}", 5)
+
+    with pytest.raises((HTTPError, OSError)):
+        asyncio.run(refused())

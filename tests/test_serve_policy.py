@@ -9,7 +9,7 @@ import torch
 
 from dvn.deploy import Profile
 from dvn.serve.metrics import Metrics
-from dvn.serve.policy import LatencyModel, slack_fit
+from dvn.serve.policy import Calibrated, LatencyModel, slack_fit
 from dvn.serve.scheduler import Closing, QueueFull, Request, Scheduler
 
 PROFILE = Profile.from_rows([
@@ -35,6 +35,31 @@ def test_latency_model_interpolates_the_batch():
 ])
 def test_slack_fit(slack, count, expected):
     assert slack_fit(MODEL, 1, [1, 2, 3], slack, count, max_batch=8) == expected
+
+
+def test_calibrated_follows_slow_batches_fast_and_fast_ones_slowly():
+    c = Calibrated(MODEL, rise=0.5, fall=0.1, bounds=(0.25, 4.0))
+    assert c.ms(1, 2, 4) == MODEL.ms(1, 2, 4) and c.batch == MODEL.batch
+    c.observe(1, 2, 4, 2 * MODEL.ms(1, 2, 4))          # twice as slow as profiled
+    assert c.scale(1, 2, 4) == pytest.approx(1.5)      # half way there at once
+    assert c.ms(1, 2, 8) == pytest.approx(1.5 * 33.0)  # every batch of more than one
+    assert c.scale(1, 2, 1) == 1.0 and c.scale(1, 3, 4) == 1.0  # batches of one, other levels
+    c.observe(1, 2, 2, 0.5 * MODEL.ms(1, 2, 2))        # a fast batch: a tenth of the way
+    assert c.scale(1, 2, 2) == pytest.approx(1.5 + 0.1 * (0.5 - 1.5))
+    c.observe(1, 1, 1, 1000.0)                          # one outlier moves it at most to 4x
+    assert c.scale(1, 1, 1) == pytest.approx(1 + 0.5 * 3)
+    c.observe(1, 1, 1, float("nan"))
+    assert c.scale(1, 1, 1) == pytest.approx(2.5)
+    with pytest.raises(ValueError, match="calibration"):
+        Calibrated(MODEL, rise=0.0)
+
+
+def test_slow_batches_move_the_policy_to_a_lower_level():
+    c = Calibrated(MODEL)
+    assert slack_fit(c, 1, [1, 2, 3], 12.0, 1, 8) == (3, 1)
+    for _ in range(10):
+        c.observe(1, 3, 1, 20.0)                        # the top level takes 2x its profile
+    assert slack_fit(c, 1, [1, 2, 3], 12.0, 1, 8) == (2, 1)
 
 
 def fake(calls, ms_per_item=0.0):
@@ -89,6 +114,10 @@ def test_burst_of_deadlines_runs_lower_levels_in_larger_batches():
     levels = [r.future.result(10)[1] for r in burst]
     assert max(levels) < 3
     assert s.close()
+    # the batches it ran (about 1 ms per item, far below the profile) scaled the model down
+    assert s.latency.scale(1, 3, 1) < 1.0
+    plain = Scheduler(fake([]), {1: [1]}, MODEL, answer, Metrics(), calibrate=False)
+    assert plain.latency is MODEL and plain.close()
 
 
 def test_bounded_queue_and_close():
@@ -129,3 +158,18 @@ def test_a_failing_batch_fails_its_requests_only():
     s.submit([good])
     assert good.future.result(10) == (1, 2, 1)
     assert s.close()
+
+
+def test_tune_process_sets_the_switch_interval_and_freezes_startup_objects():
+    import gc
+    import sys
+
+    from dvn.serve.service import SWITCH_INTERVAL_S, tune_process
+    before = sys.getswitchinterval()
+    try:
+        tune_process()
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+        assert gc.get_freeze_count() > 0
+    finally:
+        sys.setswitchinterval(before)
+        gc.unfreeze()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Optional
 
 import torch
@@ -69,10 +70,17 @@ class TaskInput:
         """uint8 (N, native_channels, h, w) -> normalised float32 (N, channels, input_size,
         input_size), as ``dvn.data.loader`` prepares evaluation batches."""
         x = fit(images.to(torch.float32), self.input_size)
+        shift, scale = self._affine
+        # the loader's arithmetic, so that the same image gives the same floats
+        return torch.addcmul(shift, x, scale).contiguous()
+
+    @cached_property
+    def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(-mean / std, 1 / (255 std)) per network channel, made once per task: a server
+        prepares every request with them."""
         mean = torch.tensor(self.mean).expand(self.channels).reshape(1, -1, 1, 1)
         std = torch.tensor(self.std).expand(self.channels).reshape(1, -1, 1, 1)
-        # the loader's arithmetic, so that the same image gives the same floats
-        return torch.addcmul(-mean / std, x, 1.0 / (255.0 * std)).contiguous()
+        return -mean / std, 1.0 / (255.0 * std)
 
 
 def image_files(paths: Sequence[str]) -> list[str]:

@@ -93,7 +93,7 @@ def serve(a: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
-    from .service import Service, log
+    from .service import Service, log, tune_process
     if not 0 <= a.port < 65536:
         raise ValueError(f"port: expected 0-65535, got {a.port}")
     sock = bind(a.host, a.port)
@@ -109,6 +109,7 @@ def serve(a: argparse.Namespace) -> int:
     where = f"[{host}]" if ":" in host else host
     log(f"listening on http://{where}:{port} (POST /v1/predict, GET /v1/models, /healthz, "
         "/metrics; Ctrl-C to stop)")
+    tune_process()
     config = uvicorn.Config(app, log_level="warning", access_log=a.access_log,
                             timeout_graceful_shutdown=30, lifespan="on")
     # uvicorn shuts down gracefully on SIGINT/SIGTERM (the lifespan drains the queue), then

@@ -36,8 +36,9 @@ def application(run: str, *, replicas: int = 2, options: Optional[dict] = None,
             if threads:
                 import torch
                 torch.set_num_threads(threads)
-            from dvn.serve.service import Service
+            from dvn.serve.service import Service, tune_process
             self.service = Service(run, **options)
+            tune_process()  # a replica's process serves, as dvn serve's does
 
         def __serve_build_asgi_app__(self):
             from dvn.serve.app import create_app

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from .metrics import Metrics
-from .policy import LatencyModel, fixed_level, slack_fit
+from .policy import Calibrated, LatencyModel, fixed_level, slack_fit
 
 
 class QueueFull(RuntimeError):
@@ -64,14 +64,17 @@ class Scheduler:
     future with ``answer(request, level, probs, started, finished, batch)``.
 
     ``run(x, task, level)``: the network (e.g. a ``Deployment``); ``levels``: task -> its
-    levels; ``latency``: the profile's latency model; ``margin_ms``: time kept for the answer's
-    way back (subtracted from the slack).
+    levels; ``latency``: the profile's latency model, scaled by the batch times observed here
+    (``policy.Calibrated``) unless ``calibrate`` is false; ``margin_ms``: time kept for the
+    answer's way back (subtracted from the slack).
     """
 
     def __init__(self, run: Run, levels: dict[int, Sequence[int]], latency: LatencyModel,
                  answer: Answer, metrics: Metrics, *, max_batch: int = 16, max_queue: int = 256,
-                 margin_ms: float = 1.0, default_slack_ms: float = 1000.0) -> None:
-        self._run, self._levels, self._latency = run, {t: sorted(v) for t, v in levels.items()}, latency
+                 margin_ms: float = 1.0, default_slack_ms: float = 1000.0,
+                 calibrate: bool = True) -> None:
+        self._run, self._levels = run, {t: sorted(v) for t, v in levels.items()}
+        self.latency = Calibrated(latency) if calibrate else latency
         self._answer, self.metrics = answer, metrics
         self.max_batch, self.max_queue = max_batch, max_queue
         self.margin_ms, self.default_slack_ms = margin_ms, default_slack_ms
@@ -103,7 +106,7 @@ class Scheduler:
 
     def _retry_after_s(self) -> float:
         """About how long the queue takes to drain, at the top levels' batch latency."""
-        lat = max((self._latency.ms(t, max(lv), self.max_batch) for t, lv in self._levels.items()),
+        lat = max((self.latency.ms(t, max(lv), self.max_batch) for t, lv in self._levels.items()),
                   default=1.0)
         batches = math.ceil(len(self._pending) / self.max_batch)
         return max(1.0, (batches * lat + self._busy_ms) / 1e3)
@@ -133,7 +136,7 @@ class Scheduler:
         if first.flexible:
             group = [r for r in same if r.flexible]
             slack_ms = (first.deadline - time.perf_counter()) * 1e3 - self.margin_ms
-            level, b = slack_fit(self._latency, task, levels, slack_ms, len(group), self.max_batch)
+            level, b = slack_fit(self.latency, task, levels, slack_ms, len(group), self.max_batch)
             batch = group[:b]
         else:
             level = fixed_level(levels, first.level)
@@ -152,7 +155,7 @@ class Scheduler:
                     return
                 try:
                     task, level, batch = self._take()
-                    self._busy_ms = self._latency.ms(task, level, len(batch))
+                    self._busy_ms = self.latency.ms(task, level, len(batch))
                 except Exception as e:  # never lose the worker: fail what it could not place
                     for r in self._pending:
                         r.future.set_exception(e)
@@ -174,7 +177,10 @@ class Scheduler:
             self.metrics.failed(task, level, len(batch))
             return
         finished = time.perf_counter()
-        self.metrics.batch(task, level, len(batch), (finished - started) * 1e3)
+        ms = (finished - started) * 1e3
+        self.metrics.batch(task, level, len(batch), ms)
+        if isinstance(self.latency, Calibrated):
+            self.latency.observe(task, level, len(batch), ms)
         for i, r in enumerate(batch):
             try:
                 r.future.set_result(self._answer(r, level, probs[i], started, finished, len(batch)))

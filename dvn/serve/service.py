@@ -6,6 +6,7 @@ Independent of HTTP: ``app.create_app`` puts it behind FastAPI, ``replicas`` beh
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -23,7 +24,7 @@ from .policy import LatencyModel
 from .scheduler import Request, Scheduler
 
 
-def measure_profile(dep, batch: int, repeats: int = 5, runtime: str = "torch") -> Profile:
+def measure_profile(dep, batch: int, repeats: int = 15, runtime: str = "torch") -> Profile:
     """Batch-1 and batch-``batch`` latency (ms, medians after one warm-up call) of every
     deployed (task, level), measured on the deployment itself: quick, for a server whose
     run has no ``profile.json``."""
@@ -37,7 +38,7 @@ def measure_profile(dep, batch: int, repeats: int = 5, runtime: str = "torch") -
             # compiled levels settle over their first calls (compiles per batch size)
             times, = time_calls([lambda: dep(x, task, level)],
                                 warmup=1 if runtime == "torch" else 5,
-                                repeats=repeats if b == 1 else max(2, repeats // 2),
+                                repeats=repeats if b == 1 else max(3, repeats // 3),
                                 device=dep.device)
             row[f"latency_ms_b{b}"] = 1e3 * sorted(times)[len(times) // 2]
         rows.append(row)
@@ -175,10 +176,15 @@ class Service:
             levels = []
             for lv in self.levels[j]:
                 m, prof = memory[(j, lv)], self.profile.row(j, lv, self.runtime) or {}
-                levels.append({"level": lv, "parameters": m["parameters"],
-                               "memory_mb": round(m["memory_mb"], 4),
-                               **{k: round(v, 4) for k, v in prof.items()
-                                  if k.startswith("latency_ms_")}})
+                entry = {"level": lv, "parameters": m["parameters"],
+                         "memory_mb": round(m["memory_mb"], 4),
+                         **{k: round(v, 4) for k, v in prof.items()
+                            if k.startswith("latency_ms_")}}
+                scale = getattr(self.scheduler.latency, "scale", None)
+                if scale is not None:  # observed batch time / profiled, batches of 1 and more
+                    entry["latency_scale"] = [round(scale(j, lv, 1), 3),
+                                              round(scale(j, lv, 2), 3)]
+                levels.append(entry)
             tasks.append({"task": j, "name": task_def.name, "labels": list(task_def.classes or ()),
                           "input": {"channels": task_def.native_channels,
                                     "size": list(task_def.native_size)},
@@ -195,6 +201,21 @@ class Service:
         ok = self.scheduler.close(drain, timeout)
         self.dep.close()
         return ok
+
+
+#: a serving process's GIL switch interval (seconds; Python's default is 0.005)
+SWITCH_INTERVAL_S = 0.0005
+
+
+def tune_process() -> None:
+    """Settings for a process that serves: the batcher thread gets the GIL back from the
+    event loop within 0.5 ms (Python's default switch interval is 5 ms, and a forward takes the
+    GIL back between its ops), and what start-up allocated leaves the garbage collector's
+    generations (``gc.freeze``), so a full collection no longer walks torch's and FastAPI's
+    objects in the middle of a request."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    gc.collect()
+    gc.freeze()
 
 
 def log(message: str) -> None:
