@@ -246,6 +246,8 @@ def main(argv=None) -> int:
     p.add_argument("--alone", type=int, default=200, help="after each mode's trace, this many "
                    "requests one at a time (the server idle when each arrives; mean pause "
                    "1/light-rps): the latency the server adds without queueing (0: skip)")
+    p.add_argument("--server-args", default="", help="more options for dvn serve, one "
+                   "string (e.g. --server-args=\"--runtime onnxruntime\")")
     p.add_argument("--modes", nargs="+", default=["deadline", "top", "level1", "separate"])
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
@@ -273,8 +275,9 @@ def main(argv=None) -> int:
             if kind not in servers:
                 for s in servers.values():
                     s.stop()
-                servers = {kind: start_server(unit, ["--separate-models"] if kind == "separate"
-                                              else [], a.max_batch, a.max_queue,
+                extra = (["--separate-models"] if kind == "separate" else []) + \
+                    a.server_args.split()
+                servers = {kind: start_server(unit, extra, a.max_batch, a.max_queue,
                                               a.margin_ms)}
             server = servers[kind]
             import httpx
@@ -315,7 +318,7 @@ def main(argv=None) -> int:
             "trace": {"requests": len(events), "seconds": span, "light_rps": a.light_rps,
                       "burst_rps": a.burst_rps, "light_s": a.light_s, "burst_s": a.burst_s,
                       "deadline_ms": a.deadline_ms},
-            "alone": a.alone, "max_batch": a.max_batch, "margin_ms": a.margin_ms, "unit_file_bytes": top_bytes,
+            "alone": a.alone, "server_args": a.server_args, "max_batch": a.max_batch, "margin_ms": a.margin_ms, "unit_file_bytes": top_bytes,
             "load_average": os.getloadavg()}
     print(markdown(meta, rows))
     if a.json:
