@@ -3,9 +3,10 @@
 ``bench.serve``'s client shares this machine's 2 cores with the server it measures, so its own
 CPU per request is part of what it measures: on sequential requests httpx's async client
 spent 0.91 ms of CPU per request here, this one 0.13 ms (``python -m bench.http_client 1000``
-measures both against a ``dvn serve`` of the small stand-in). It speaks only what a JSON API needs: requests with a
-``Content-Length`` body, answers with a ``Content-Length`` body, keep-alive connections reused
-last-in first-out, a bound on open connections, a timeout per request.
+measures both against a ``dvn serve`` of the small stand-in). It speaks only what a JSON API
+needs: requests with a ``Content-Length`` body, answers with a ``Content-Length`` body,
+keep-alive connections reused last-in first-out, a bound on open connections, a timeout per
+request.
 """
 
 from __future__ import annotations

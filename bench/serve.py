@@ -5,9 +5,9 @@ separately loaded model per (task, level).
     python -m bench.serve --stand-in small --burst-rps 800 --json serve-small.json
 
 The server runs in a child process on 127.0.0.1 (an ephemeral port), one torch thread; the
-client (this process, asyncio and ``bench.http_client``) replays one open-loop trace per mode: Poisson arrivals
-alternating light phases and bursts, tasks at random, every request with the same deadline,
-bounded in count and time (it stops by itself). Modes, on the same trace:
+client (this process, asyncio and ``bench.http_client``) replays one open-loop trace per mode:
+Poisson arrivals alternating light phases and bursts, tasks at random, every request with the
+same deadline, bounded in count and time (it stops by itself). Modes, on the same trace:
 
 * ``deadline``: no level given, the server's SlackFit policy picks it from the deadline;
 * ``top`` / ``level 1``: the level given explicitly;
@@ -113,18 +113,33 @@ def images(tasks: int, sizes: list[tuple[int, int]]) -> dict[int, str]:
     return out
 
 
-async def replay(url: str, events, payloads: dict[int, str], deadline_ms: float,
-                 level, timeout_s: float) -> list[dict]:
-    """Sends every event at its time (open loop); each record: phase, task, status, level, e2e ms.
-    The client is ``bench.http_client`` (keep-alive HTTP/1.1, bodies serialised once per
-    task): on this shared machine the load generator's own CPU is part of what is measured."""
-    from bench.http_client import Client, HTTPError
+def _bodies(payloads: dict[int, str], deadline_ms: float, level) -> dict[int, bytes]:
+    """The request body of each task, serialised once."""
     bodies = {}
     for task, image in payloads.items():
         body = {"task": task, "image": image, "deadline_ms": deadline_ms}
         if level is not None:
             body["level"] = level
         bodies[task] = json.dumps(body).encode()
+    return bodies
+
+
+def _answered(rec: dict, status: int, body: bytes) -> None:
+    """Fills a record from an answer: its status, and the server's figures when it is 200."""
+    rec["status"] = status
+    if status == 200:
+        a = json.loads(body)
+        rec.update(level=a["level"], server_ms=a["latency_ms"], batch=a["batch"],
+                   queued_ms=a["queued_ms"], server_met=a.get("deadline_met"))
+
+
+async def replay(url: str, events, payloads: dict[int, str], deadline_ms: float,
+                 level, timeout_s: float) -> list[dict]:
+    """Sends every event at its time (open loop); each record: phase, task, status, level, e2e ms.
+    The client is ``bench.http_client`` (keep-alive HTTP/1.1, bodies serialised once per
+    task): on this shared machine the load generator's own CPU is part of what is measured."""
+    from bench.http_client import Client, HTTPError
+    bodies = _bodies(payloads, deadline_ms, level)
     records: list[dict] = []
     client = Client(url, max_connections=512)
     start = time.perf_counter()
@@ -136,12 +151,7 @@ async def replay(url: str, events, payloads: dict[int, str], deadline_ms: float,
         sent = time.perf_counter()
         rec = {"phase": phase, "task": task, "status": None, "level": None}
         try:
-            status, body = await client.post("/v1/predict", bodies[task], timeout_s)
-            rec["status"] = status
-            if status == 200:
-                a = json.loads(body)
-                rec.update(level=a["level"], server_ms=a["latency_ms"], batch=a["batch"],
-                           queued_ms=a["queued_ms"], server_met=a.get("deadline_met"))
+            _answered(rec, *await client.post("/v1/predict", bodies[task], timeout_s))
         except (HTTPError, OSError, asyncio.TimeoutError) as e:
             rec["status"] = type(e).__name__
         rec["e2e_ms"] = (time.perf_counter() - sent) * 1e3
@@ -162,23 +172,18 @@ async def alone(url: str, n: int, payloads: dict[int, str], deadline_ms: float, 
     idle, with no other request's batch to wait for. Records as ``replay``'s."""
     from bench.http_client import Client
     rng = random.Random(seed)
+    bodies = _bodies(payloads, deadline_ms, level)
     client = Client(url, max_connections=1)
     records = []
     try:
         for i in range(n):
             task = 1 + i % len(payloads)
-            body = {"task": task, "image": payloads[task], "deadline_ms": deadline_ms}
-            if level is not None:
-                body["level"] = level
             await asyncio.sleep(rng.expovariate(1 / mean_gap_s))
             sent = time.perf_counter()
-            status, raw = await client.post("/v1/predict", json.dumps(body).encode(), timeout_s)
-            e2e = (time.perf_counter() - sent) * 1e3
-            rec = {"phase": "alone", "task": task, "status": status, "level": None, "e2e_ms": e2e}
-            if status == 200:
-                a = json.loads(raw)
-                rec.update(level=a["level"], server_ms=a["latency_ms"], batch=a["batch"],
-                           queued_ms=a["queued_ms"], server_met=a.get("deadline_met"))
+            answer = await client.post("/v1/predict", bodies[task], timeout_s)
+            rec = {"phase": "alone", "task": task, "status": None, "level": None,
+                   "e2e_ms": (time.perf_counter() - sent) * 1e3}
+            _answered(rec, *answer)
             records.append(rec)
     finally:
         await client.close()
@@ -318,7 +323,8 @@ def main(argv=None) -> int:
             "trace": {"requests": len(events), "seconds": span, "light_rps": a.light_rps,
                       "burst_rps": a.burst_rps, "light_s": a.light_s, "burst_s": a.burst_s,
                       "deadline_ms": a.deadline_ms},
-            "alone": a.alone, "server_args": a.server_args, "max_batch": a.max_batch, "margin_ms": a.margin_ms, "unit_file_bytes": top_bytes,
+            "alone": a.alone, "server_args": a.server_args, "max_batch": a.max_batch,
+            "margin_ms": a.margin_ms, "unit_file_bytes": top_bytes,
             "load_average": os.getloadavg()}
     print(markdown(meta, rows))
     if a.json:
@@ -329,6 +335,15 @@ def main(argv=None) -> int:
 
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
+
+
+def _added(part: dict) -> str:
+    """p50 / p99 added ms at batch 1, end to end and in the server, of a summary."""
+    if part.get("p99_added_ms_batch1") is None:
+        return "-"
+    return (f"{part['p50_added_ms_batch1']:.1f} / {part['p99_added_ms_batch1']:.1f}, "
+            f"{part['p50_server_added_ms_batch1']:.1f} / "
+            f"{part['p99_server_added_ms_batch1']:.1f}")
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
@@ -346,17 +361,11 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         f = lambda key, d=2: " / ".join("-" if r[p].get(key) is None else   # noqa: E731
                                         f"{r[p][key] * (100 if key == 'attainment' else 1):.{d}f}"
                                         for p in ("all", "light", "burst"))
-        def added(lt: dict) -> str:
-            if lt.get("p99_added_ms_batch1") is None:
-                return "-"
-            return (f"{lt['p50_added_ms_batch1']:.1f} / {lt['p99_added_ms_batch1']:.1f}, "
-                    f"{lt['p50_server_added_ms_batch1']:.1f} / "
-                    f"{lt['p99_server_added_ms_batch1']:.1f}")
         lines.append(f"| {r['mode']} | {f('attainment', 1)} % | "
                      f"{_pct(r['all'].get('attainment_server'))} | {f('mean_accuracy')} | "
                      f"{r['all']['throughput_rps']:.0f} | {r['all'].get('mean_batch', 0):.1f} | "
-                     f"{r['all']['levels']} | {added(r['light'])} | "
-                     f"{added(r.get('alone', {}))} | "
+                     f"{r['all']['levels']} | {_added(r['light'])} | "
+                     f"{_added(r.get('alone', {}))} | "
                      f"{r['rss_mb']:.0f} ({r['peak_rss_mb']:.0f}) | {r['held_mb']:.2f} |")
     return "\n".join(lines)
 
