@@ -1,13 +1,15 @@
-"""Where a level's batch-1 time goes in ``compiled`` and in ONNX Runtime: convolution kernels,
-the host work around them, and the rest, from each runtime's own instruments (issue 20's
-"where the rest of the gap goes").
+"""Where a level's batch-1 time goes in a ``torch.compile`` capture and in ONNX Runtime:
+convolution kernels, the host work around them, and the rest, from each runtime's own
+instruments (issue 20's "where the rest of the gap goes"), beside the ``compiled`` runtime's
+ahead-of-time batch-1 path that avoids that host work (``dvn.deploy.aot``).
 
     python -m bench.conv_share --net wrn14-2 --level 1 --threads 1
 
-The level of ``bench.runtimes``' random-weight network is exported and loaded on both runtimes
-(``dvn.deploy.runtimes``). Wall times: medians over interleaved calls, no instrument on.
+The level of ``bench.runtimes``' random-weight network is exported and loaded on ONNX Runtime,
+on ``compiled`` and as the frozen ``torch.compile`` capture that ``compiled`` uses at other
+batches (``dvn.deploy.runtimes``). Wall times: medians over interleaved calls, no instrument on.
 ONNX Runtime, under its profiler (one thread, spinning off): each node's kernel time summed per
-call, convolutions (``Conv``, ``FusedConv``) apart. ``compiled``, under ``torch.profiler``: the
+call, convolutions (``Conv``, ``FusedConv``) apart. The capture, under ``torch.profiler``: the
 self CPU time of its convolution ops (oneDNN, weights frozen and prepacked); and in a child
 process with ``ONEDNN_VERBOSE=1``: the time oneDNN itself spends executing those convolutions.
 The difference is PyTorch's host work in each convolution call (tensor wrapping, primitive
@@ -74,8 +76,17 @@ def compiled_split(fn, x: torch.Tensor, calls: int) -> dict:
     return {"conv_us": conv / calls, "conv_ops": sorted(set(names))}
 
 
+def capture(path: str, level: int):
+    """Task 1 at ``level`` as the frozen ``torch.compile`` capture (convolutions on oneDNN)."""
+    from dvn.deploy import runtimes
+    from dvn.deploy.deployment import load_level
+    return runtimes.Runner(runtimes.frozen_capture(load_level(path, 1, level, fold_bn=True),
+                                                   f"conv_share_level{level}"),
+                           "compiled", 1, level, "torch.compile")
+
+
 def onednn_exec(net: str, level: int, threads: int, calls: int) -> dict:
-    """Per call of ``compiled``: oneDNN's own execution time of its primitives (us), from
+    """Per call of the capture: oneDNN's own execution time of its primitives (us), from
     ``ONEDNN_VERBOSE=1`` in a child process (the variable is read when oneDNN starts)."""
     env = dict(os.environ, ONEDNN_VERBOSE="1")
     out = subprocess.run([sys.executable, "-m", "bench.conv_share", "--net", net, "--level",
@@ -92,10 +103,9 @@ def onednn_exec(net: str, level: int, threads: int, calls: int) -> dict:
 
 
 def _child(net: str, level: int, threads: int, calls: int) -> None:
-    """The compiled level's calls after warm-up, a marker line before them."""
+    """The captured level's calls after warm-up, a marker line before them."""
     model, path, x, folder = _setup(net, threads)
-    from dvn.deploy import runtimes
-    compiled = runtimes.load(path, 1, level, "compiled")
+    compiled = capture(path, level)
     with torch.no_grad():
         for _ in range(20):
             compiled(x)
@@ -144,33 +154,38 @@ def main(argv=None) -> int:
     model, path, x, folder = _setup(a.net, a.threads)
     try:
         ort_run = runtimes.load(path, 1, a.level, "onnxruntime")
+        captured = capture(path, a.level)
         compiled = runtimes.load(path, 1, a.level, "compiled")
         with torch.no_grad():
             wall = time_side_by_side({"onnxruntime": lambda: ort_run(x),
+                                      "torch_compile": lambda: captured(x),
                                       "compiled": lambda: compiled(x)},
                                      repeats=a.calls, warmup=5)
         ort = ort_split(donnx.cache_path(path, 1, a.level), x, a.threads, a.calls)
-        comp = compiled_split(compiled, x, a.calls)
+        comp = compiled_split(captured, x, a.calls)
     finally:
         folder.cleanup()
     comp["onednn"] = onednn_exec(a.net, a.level, a.threads, a.calls)
     w = {k: 1e6 * v for k, v in wall.items()}
     host = comp["conv_us"] - comp["onednn"]["exec_us"]
     result = {"net": a.net, "level": a.level, "threads": a.threads, "wall_us": w,
-              "onnxruntime": ort, "compiled": comp,
-              "compiled_conv_host_us": host,
-              "compiled_rest_us": w["compiled"] - comp["conv_us"]}
+              "onnxruntime": ort, "torch_compile": comp,
+              "torch_compile_conv_host_us": host,
+              "torch_compile_rest_us": w["torch_compile"] - comp["conv_us"],
+              "compiled_over_onnxruntime": w["compiled"] / w["onnxruntime"]}
     n = comp["onednn"]["primitives_per_call"]
     print(f"{a.net} level {a.level}, batch 1, {a.threads} thread(s), {machine_name()}, "
           f"torch {torch.__version__}:")
     print(f"  ONNX Runtime: {w['onnxruntime']:.0f} us a call; under its profiler its "
           f"{ort['convs']} convolutions {ort['conv_us']:.0f} us of {ort['nodes_us']:.0f} us "
           f"of node time")
-    print(f"  compiled:     {w['compiled']:.0f} us a call; its {n:g} convolution calls "
-          f"{comp['conv_us']:.0f} us (torch.profiler, self CPU), of which oneDNN executes "
+    print(f"  torch.compile capture: {w['torch_compile']:.0f} us a call; its {n:g} convolution "
+          f"calls {comp['conv_us']:.0f} us (torch.profiler, self CPU), of which oneDNN executes "
           f"{comp['onednn']['exec_us']:.0f} us (ONEDNN_VERBOSE) and PyTorch's host work is "
           f"{host:.0f} us ({host / n:.0f} us a call); the rest of the call "
-          f"{result['compiled_rest_us']:.0f} us")
+          f"{result['torch_compile_rest_us']:.0f} us")
+    print(f"  compiled (ahead of time, small convolutions as GEMMs): {w['compiled']:.0f} us a "
+          f"call, {result['compiled_over_onnxruntime']:.2f}x ONNX Runtime")
     if a.json:
         meta = {"machine": machine_name(), "torch": torch.__version__,
                 "command": "python -m bench.conv_share " + " ".join(

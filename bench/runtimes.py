@@ -10,7 +10,8 @@ side in one process (``bench.timing.time_side_by_side``: shuffled rounds, median
 * ``sliced``: the trained model's eager forward on the sliced kernels, ``model(x, task, level)``;
 * ``torch``: dvn's ``torch`` runtime (the level loaded alone, plain layers, eager);
 * ``onnxruntime``: dvn's ``onnxruntime`` runtime (the cached export, ``dvn.deploy.runtimes``);
-* ``compiled`` (``--compiled``, batch 1 only: each batch size compiles): ``torch.compile``;
+* ``compiled`` (``--compiled``, batch 1 only): dvn's ``compiled`` runtime, compiled ahead of time
+  for batch 1 (``dvn.deploy.aot``) once per thread count;
 * ``plain_ort``: what a user does by hand: an ``InferenceSession`` with default options on
   the same exported file, but the same intra-op thread count and thread spinning off
   (``session.intra_op.allow_spinning`` = 0), so both sides get the same cores.
@@ -68,10 +69,11 @@ def bench_net(name: str, folder: str, threads: list[int], batches: list[int], re
         torch.set_num_threads(max(threads))
         run = {rt: runtimes.load(path, 1, level, rt) for rt in ("torch", "onnxruntime")}
         plain_file = donnx.cache_path(path, 1, level)
-        if compiled:
-            run["compiled"] = runtimes.load(path, 1, level, "compiled")
         for n in threads:
             torch.set_num_threads(n)
+            if compiled:  # Inductor's kernels keep the thread count they were compiled with
+                say(f"{name} level {level}, {n} thread(s): compiling")
+                run["compiled"] = runtimes.load(path, 1, level, "compiled")
             import onnxruntime as ort
             so = ort.SessionOptions()
             so.intra_op_num_threads = n

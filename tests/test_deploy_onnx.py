@@ -172,28 +172,39 @@ def test_sessions_use_torchs_threads_and_do_not_spin():
     assert donnx.session_options(1).intra_op_num_threads == 1
 
 
-def test_compiled_runtime_equals_the_level(unit):
+@pytest.fixture(scope="module")
+def compiled_runs(unit):
+    """Level 1 of both tasks on the ``compiled`` runtime (one compilation each, shared)."""
+    _, path, _ = unit
+    return {task: runtimes.load(path, task, 1, "compiled") for task in (1, 2)}
+
+
+def test_compiled_runtime_equals_the_level(unit, compiled_runs):
     model, path, _ = unit
-    run = runtimes.load(path, 2, 2, "compiled")
-    x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(run(x), model(x, task=2, level=2), atol=1e-4, rtol=1e-4)
+    for task, run in compiled_runs.items():
+        assert run.note == "AOTInductor at batch 1", run.note
+        for b in (1, 2):
+            x = torch.randn(b, 3, 16, 16)
+            with torch.no_grad():
+                torch.testing.assert_close(run(x), model(x, task=task, level=1), atol=1e-4,
+                                           rtol=1e-4)
     with pytest.raises(ValueError, match="runtime: expected one of torch, compiled"):
         runtimes.load(path, 2, 2, "tvm")
 
 
-def test_compiled_levels_of_one_shape_keep_their_own_frozen_weights(unit):
+def test_compiled_levels_of_one_shape_keep_their_own_frozen_weights(unit, compiled_runs):
     """Two tasks at one level have the same shapes and different weights: each compiled
-    runner answers with its own (frozen graphs never shared), and batch 1 runs its
-    convolutions on prepacked oneDNN weights, not PyTorch's im2col path."""
+    runner answers with its own (frozen graphs never shared); batch 1 runs the ahead-of-time
+    graph (no PyTorch convolution op at all), larger batches not on PyTorch's im2col path."""
     model, path, _ = unit
     x = torch.randn(1, 3, 16, 16)
-    runs = {task: runtimes.load(path, task, 1, "compiled") for task in (1, 2)}
+    runs = compiled_runs
     with torch.no_grad():
-        for task, run in runs.items():
-            torch.testing.assert_close(run(x), model(x, task=task, level=1), atol=1e-4,
-                                       rtol=1e-4)
         assert not torch.equal(runs[1](x), runs[2](x))
+        # A batch that is not contiguous goes the torch.compile way, with the same answer.
+        xt = torch.randn(1, 16, 16, 3).permute(0, 3, 1, 2)
+        torch.testing.assert_close(runs[2](xt), model(xt, task=2, level=1), atol=1e-4,
+                                   rtol=1e-4)
         # Larger batches share one graph: a server's varying batch sizes do not recompile.
         torch.testing.assert_close(runs[2](torch.cat([x, x])), model(torch.cat([x, x]), task=2,
                                                                      level=1), atol=1e-4,
@@ -203,12 +214,31 @@ def test_compiled_levels_of_one_shape_keep_their_own_frozen_weights(unit):
                 xb = torch.randn(b, 3, 16, 16)
                 torch.testing.assert_close(runs[2](xb), model(xb, task=2, level=1), atol=1e-4,
                                            rtol=1e-4)
-        if torch.backends.mkldnn.is_available():
-            with torch.profiler.profile() as prof:
-                runs[2](x)
-            names = {e.key for e in prof.key_averages()}
-            assert "aten::_slow_conv2d_forward" not in names, sorted(names)
-            assert any("convolution_pointwise" in n for n in names), sorted(names)
+        with torch.profiler.profile() as prof:
+            runs[2](x)
+        names = {e.key for e in prof.key_averages()}
+        assert not any("conv" in n for n in names), sorted(names)
+        with torch.profiler.profile() as prof:
+            runs[2](torch.cat([x, x]))
+        names = {e.key for e in prof.key_averages()}
+        assert "aten::_slow_conv2d_forward" not in names, sorted(names)
+
+
+def test_compiled_runtime_says_when_batch_1_falls_back(unit, monkeypatch):
+    """An ahead-of-time compilation that fails is a warning naming the level and the cause;
+    batch 1 still runs (on torch.compile) and the runner's note says so."""
+    model, path, _ = unit
+
+    def broken(module, example):
+        raise RuntimeError("no compiler here\nsecond line")
+    monkeypatch.setattr(runtimes, "aot_capture", broken)
+    with pytest.warns(RuntimeWarning, match=r"task 2 level 2: .*RuntimeError: no compiler "
+                                            r"here\); batch 1 runs on torch.compile"):
+        run = runtimes.load(path, 2, 2, "compiled")
+    assert run.note == "torch.compile (AOT failed)"
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(run(x), model(x, task=2, level=2), atol=1e-4, rtol=1e-4)
 
 
 def test_profile_rows_carry_their_runtime_and_spread(unit, tmp_path, capsys):

@@ -55,7 +55,7 @@ def add_commands(sub, positive) -> None:
     p.add_argument("--repeats", type=positive, default=30, help="timed calls at batch 1 "
                    "(default 30; a third of them at --batch)")
     p.add_argument("--runtime", type=_runtime, nargs="+", metavar="R",
-                   help="runtimes to measure, of torch, compiled (torch.compile), onnxruntime "
+                   help="runtimes to measure, of torch, compiled (Inductor), onnxruntime "
                    "(default: torch, and onnxruntime when installed)")
     p.add_argument("--out", help="folder for profile.json/.md (default: the unit file's)")
     p.add_argument("--threads", type=positive, help="torch CPU threads")
@@ -77,7 +77,7 @@ def add_commands(sub, positive) -> None:
     p.add_argument("--budget-mb", type=_positive_number, metavar="M")
     p.add_argument("--profile", help="profile table for --budget-ms (default: profile.json "
                    "beside the unit file, written by dvn profile)")
-    p.add_argument("--runtime", type=_runtime, help="torch, compiled (torch.compile) or "
+    p.add_argument("--runtime", type=_runtime, help="torch, compiled (Inductor) or "
                    "onnxruntime (default: the fastest one the run's profile measured for the "
                    "level; torch without a profile)")
     p.add_argument("--batch-size", type=positive, default=64)

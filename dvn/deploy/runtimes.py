@@ -5,9 +5,11 @@
 
 * ``torch``: the level as ``load_level`` makes it (plain layers), eager, on the sliced-free
   static network.
-* ``compiled``: the same level, batch norms folded, captured with ``torch.compile``
-  (Inductor) with its weights frozen in: PyTorch end to end, no export. Batch 1 compiles on
-  its first call, larger batches with a dynamic batch dimension (``frozen_capture``).
+* ``compiled``: the same level, batch norms folded, compiled by Inductor with its weights frozen
+  in: PyTorch end to end, no ONNX. On a CPU, batch 1 is compiled ahead of time when the level
+  is loaded (``dvn.deploy.aot``: small convolutions as GEMMs, AOTInductor); other batches, and
+  every batch on a GPU, are captured with ``torch.compile`` on their first call, larger batches
+  with a dynamic batch dimension (``frozen_capture``).
 * ``onnxruntime``: a session on the level's ONNX export, made from the unit file on first use
   and cached beside it (``dvn.deploy.onnx.cached_session``; made again when the unit file
   changes), with torch's thread count and no spinning threads.
@@ -15,7 +17,7 @@
 
 from __future__ import annotations
 
-import threading
+import warnings
 from collections.abc import Callable
 from typing import Optional, Union
 
@@ -24,13 +26,11 @@ import torch.nn as nn
 
 from ..model.capture import own_function
 
+from .aot import COMPILING, aot_capture
+
 from .unitfile import PathLike
 
 RUNTIMES = ("torch", "compiled", "onnxruntime")
-
-# Inductor's config is process-wide: one lock for every capture that compiles with freezing on,
-# so two levels compiling at once cannot restore each other's setting out of order.
-_FREEZING = threading.Lock()
 
 
 def check_runtime(runtime: str) -> str:
@@ -79,13 +79,14 @@ def frozen_capture(module: nn.Module, name: str) -> Callable[[torch.Tensor], tor
     sizes do not recompile each time and never meet torch's recompile limit (8 graphs, past
     which it runs eagerly).
 
-    * Freezing makes the weights constants of the graph: on a CPU, Inductor then runs the
-      convolutions on oneDNN with prepacked weights and the following ReLU or residual add
-      fused in. Without it, PyTorch runs a small batch-1 convolution (< 20,480 input elements)
-      on its im2col path: WRN-14-2 level 2 took 2.25 ms against 1.72 ms frozen (1 thread).
-      Inductor reads ``freezing`` when the graph compiles, not from ``torch.compile``'s
-      options, so the setting is held (under one process-wide lock) around each call that
-      may compile.
+    * Freezing makes the weights constants of the graph: on a CPU, for a static shape
+      compiled without gradients, Inductor then runs the convolutions on oneDNN with
+      prepacked weights and the following ReLU or residual add fused in (with a dynamic batch,
+      ATen's convolution). Without it, PyTorch runs a small batch-1 convolution (< 20,480
+      input elements) on its im2col path: WRN-14-2 level 2 took 2.25 ms against 1.72 ms
+      frozen (1 thread). Inductor reads ``freezing`` when the graph compiles, not from
+      ``torch.compile``'s options, so the setting is held (under ``aot.COMPILING``, one
+      process-wide lock) around each call that may compile.
     * A code object of its own: torch.compile keeps its graphs per code object and does not
       tell two instances of one class apart by their weights; a frozen graph of one level
       must never answer for another.
@@ -102,13 +103,44 @@ def frozen_capture(module: nn.Module, name: str) -> Callable[[torch.Tensor], tor
     def call(x: torch.Tensor) -> torch.Tensor:
         if (x.shape, x.dtype, x.device) in compiled:
             return fn(x)
-        with _FREEZING, torch._inductor.config.patch(freezing=True):
+        with COMPILING, torch._inductor.config.patch(freezing=True):
             if x.dim() and x.shape[0] > 1:
                 torch._dynamo.maybe_mark_dynamic(x, 0)
             out = fn(x)
             compiled.add((x.shape, x.dtype, x.device))
         return out
     return call
+
+
+def compiled_runner(path: PathLike, static: nn.Module, task: int, level: int,
+                    device: torch.device) -> Runner:
+    """The ``compiled`` runtime of a loaded level (``static``, batch norms folded): batch 1 of
+    the task's input shape on a CPU through ``aot_capture``, made now; any other input through
+    ``frozen_capture``, made on its first call. Where the ahead-of-time compilation fails, a
+    warning says why and batch 1 goes through ``frozen_capture`` too (``Runner.note``)."""
+    from .unitfile import UnitFile
+    captured = frozen_capture(static, f"dvn_deploy_task{task}_level{level}")
+    if device.type != "cpu":
+        return Runner(captured, "compiled", task, level, "torch.compile")
+    with UnitFile(path) as file:
+        model = file.skeleton
+        size, channels = model.input_sizes[task - 1], model.image_channels[task - 1]
+    example = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(0))
+    try:
+        fast = aot_capture(static, example)
+    except Exception as e:  # noqa: BLE001 - any export or compile failure: the slower capture
+        warnings.warn(f"task {task} level {level}: compiling batch 1 ahead of time failed "
+                      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                      f"batch 1 runs on torch.compile instead", RuntimeWarning, stacklevel=3)
+        return Runner(captured, "compiled", task, level, "torch.compile (AOT failed)")
+    shape = example.shape
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        if x.shape == shape and x.dtype == torch.float32 and x.device.type == "cpu" \
+                and x.is_contiguous():
+            return fast(x)
+        return captured(x)
+    return Runner(call, "compiled", task, level, "AOTInductor at batch 1")
 
 
 def load(path: PathLike, task: int, level: int, runtime: str = "torch", *,
@@ -123,8 +155,7 @@ def load(path: PathLike, task: int, level: int, runtime: str = "torch", *,
         return Runner(static, runtime, task, level)
     if runtime == "compiled":
         static = load_level(path, task, level, device=device, fold_bn=True)
-        return Runner(frozen_capture(static, f"dvn_deploy_task{task}_level{level}"),
-                      runtime, task, level)
+        return compiled_runner(path, static, task, level, device)
     from .onnx import cached_session, run_session
     sess, fresh = cached_session(path, task, level, threads=threads, device=device)
     name = sess.get_inputs()[0].name

@@ -55,7 +55,7 @@ def add_command(sub, positive) -> None:
                    "alone, k x k copies of the weights (the baseline bench.serve compares with)")
     p.add_argument("--runtime", default="torch", choices=("torch", "compiled", "onnxruntime"),
                    help="torch (default: eager PyTorch on one shared copy of the weights), "
-                   "compiled (torch.compile) or onnxruntime (the [deploy] extra): each "
+                   "compiled (Inductor) or onnxruntime (the [deploy] extra): each "
                    "(task, level) loaded alone on that runtime")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--threads", type=positive, help="torch CPU threads")

@@ -1,0 +1,157 @@
+"""A level compiled ahead of time for batch 1 on a CPU: the ``compiled`` runtime's fast path.
+
+    run = aot_capture(folded_level, example)   # example: a (1, C, H, W) input
+    logits = run(x)                            # x of the example's shape
+
+Why (issue 20, WRN-14-2 and ResNet-42, batch 1, one thread): a frozen ``torch.compile``
+capture runs each convolution through PyTorch's oneDNN op, whose host work (about 24 us a call,
+measured by ``bench.conv_share``) and the capture's Python wrapper and guards made a small
+level 1.9-2.6x ONNX Runtime. Here:
+
+* In a level whose convolutions are all small and plain, each becomes a GEMM (``GemmConv``): an
+  im2col that Inductor fuses with the batch norm and ReLU before it, then MKL's GEMM on the
+  frozen weights, the bias and what follows fused into the next generated kernel. A level with
+  a large one (more than ``GEMM_MACS`` multiply-adds, where oneDNN's direct convolution is
+  faster) or a grouped or dilated one keeps all its convolutions (oneDNN, prepacked, ReLU and
+  add fused).
+* The graph is exported (``torch.export``) and compiled with AOTInductor, weights frozen in: a
+  call is one C++ entry, without Dynamo's guards or the Python wrapper between kernels.
+
+The compiled kernels use the thread count torch has when the level is compiled. Compiling takes
+about 10 s a level here: it happens once, when the level is loaded. Compiled
+code lives in a private temporary folder and Inductor's own cache; nothing is stored beside the
+unit file, so no compiled code is ever loaded from a file someone else could have written.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+#: convolutions with at most this many multiply-adds per image run as a GEMM. Measured at batch
+#: 1, one thread (Intel Xeon): WRN-14-2's convolutions (up to 7.2 M) were faster as GEMMs,
+#: ResNet-42 level 4's (38 M) slower than oneDNN's.
+GEMM_MACS = 10_000_000
+#: inputs at least this wide are read channels last by the im2col (vectorised over channels);
+#: narrower ones (an RGB stem) in the weight's own order, rows of the kernel innermost: a
+#: 3-channel 7x7 stem's im2col read channels last took 299 us, against ORT's 1.47 ms for the
+#: whole of ResNet-42 level 1
+CHANNELS_LAST_FROM = 8
+
+# Inductor's config is process-wide: compilations are serialised.
+COMPILING = threading.Lock()
+
+
+class GemmConv(nn.Module):
+    """``conv`` (ungrouped, undilated, zero padding) as im2col and a linear layer, channels
+    last inside: the same function, in a form whose pieces Inductor fuses and compiles."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros" or \
+                isinstance(conv.padding, str):
+            raise ValueError(f"conv: expected an ungrouped, undilated convolution with "
+                             f"numeric zero padding, got {conv}")
+        self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
+        self.channels_last = conv.in_channels >= CHANNELS_LAST_FROM
+        w = conv.weight.detach()
+        if self.channels_last:  # (out, kh, kw, in)
+            w = w.permute(0, 2, 3, 1)
+        self.weight = nn.Parameter(w.reshape(w.shape[0], -1).contiguous(), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(),
+                                                                requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph))
+        n = x.shape[0]
+        if kh == 1 and kw == 1:
+            x = x[:, :, ::sh, ::sw]
+            ho, wo = x.shape[2], x.shape[3]
+            cols = x.permute(0, 2, 3, 1).reshape(n * ho * wo, -1)
+        else:
+            patches = x.unfold(2, kh, sh).unfold(3, kw, sw)  # n, c, ho, wo, kh, kw
+            ho, wo = patches.shape[2], patches.shape[3]
+            order = (0, 2, 3, 4, 5, 1) if self.channels_last else (0, 2, 3, 1, 4, 5)
+            cols = patches.permute(*order).reshape(n * ho * wo, -1)
+        y = F.linear(cols, self.weight, self.bias)
+        return y.view(n, ho, wo, -1).permute(0, 3, 1, 2)
+
+
+def _gemm_worthy(conv: nn.Conv2d, macs: int) -> bool:
+    return (conv.groups == 1 and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str) and macs <= GEMM_MACS)
+
+
+def gemm_convs(module: nn.Module, example: torch.Tensor) -> nn.Module:
+    """``module`` with every convolution replaced by ``GemmConv`` in place, when every one is
+    small enough (per image, at ``example``'s shape) and plain; else unchanged. Returns it.
+
+    All or none: a GEMM's output is channels last, and one convolution left among GEMMs made
+    Inductor lay the level out for it: ResNet-42 level 4 with only its stem as a GEMM took
+    38 ms against 23 ms with none."""
+    macs: dict[nn.Module, int] = {}
+
+    def count(conv, _inputs, out):
+        macs[conv] = (out[:1].numel() * conv.in_channels // conv.groups
+                      * conv.kernel_size[0] * conv.kernel_size[1])
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    hooks = [m.register_forward_hook(count) for m in convs]
+    try:
+        with torch.no_grad():
+            module(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not all(c in macs and _gemm_worthy(c, macs[c]) for c in convs):
+        return module
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Conv2d):
+                setattr(parent, name, GemmConv(child))
+    return module
+
+
+def _inductor_options(gemms: bool) -> dict:
+    """Freezing on; for a level of GEMMs, weight prepacking off: Inductor then calls MKL's
+    GEMM directly (``mm``/``addmm``), where prepacked oneDNN linear layers cost host work in
+    every call (WRN-14-2 level 1: 356 us against 508 us; autotuning between Inductor's C++ GEMM
+    template and MKL's prepacked GEMM: 397 us and four times the compile time)."""
+    options = {"freezing": True}
+    if gemms:
+        options["cpp.weight_prepack"] = False
+    return options
+
+
+def aot_capture(module: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor],
+                                                                      torch.Tensor]:
+    """``module`` (an inference network on a CPU, batch norms folded) compiled with
+    AOTInductor for inputs of ``example``'s shape, small convolutions as GEMMs. ``module`` is
+    not changed. Raises what ``torch.export`` or Inductor raise when the graph cannot be
+    compiled."""
+    net = gemm_convs(copy.deepcopy(module).eval(), example)
+    gemms = any(isinstance(m, GemmConv) for m in net.modules())
+    # Gradients off for the compilation too: with them on, freezing does not prepack the
+    # convolutions for oneDNN (ResNet-42 level 4: 38 ms against 20 ms).
+    with torch.no_grad(), COMPILING, tempfile.TemporaryDirectory(prefix="dvn-aot-") as folder:
+        program = torch.export.export(net, (example,))
+        package = torch._inductor.aoti_compile_and_package(
+            program, package_path=os.path.join(folder, "level.pt2"),
+            inductor_configs=_inductor_options(gemms))
+        runner = torch._inductor.aoti_load_package(package)
+    shape = tuple(example.shape)
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape) != shape:
+            raise ValueError(f"x: this compiled level takes inputs of shape {list(shape)}, "
+                             f"got {list(x.shape)}")
+        return runner(x)
+    return call

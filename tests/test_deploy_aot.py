@@ -1,0 +1,65 @@
+"""``dvn.deploy.aot``: convolutions as im2col + GEMM (exact in eager, every geometry), which
+convolutions are rewritten, and errors. The compiled path itself is tested through the
+``compiled`` runtime in test_deploy_onnx.py."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from dvn.deploy import aot
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,padding,bias", [
+    (16, 8, 3, 1, 1, True), (16, 8, 3, 2, 1, False), (3, 8, 7, 2, 3, False),
+    (1, 4, 5, 1, 0, True), (8, 16, 1, 1, 0, False), (12, 6, 1, 2, 0, True),
+    (8, 4, (3, 1), (1, 2), (1, 0), True), (2, 3, 2, 2, 1, False)])
+def test_gemm_conv_equals_the_convolution(cin, cout, k, stride, padding, bias):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(cin, cout, k, stride, padding, bias=bias)
+    gemm = aot.GemmConv(conv)
+    assert gemm.channels_last == (cin >= aot.CHANNELS_LAST_FROM)
+    for shape in [(1, cin, 11, 9), (3, cin, 8, 8)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(gemm(x), conv(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 8, 3, dilation=2),
+                                  nn.Conv2d(8, 8, 3, padding="same"),
+                                  nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect")])
+def test_gemm_conv_refuses_what_it_cannot_compute(conv):
+    with pytest.raises(ValueError, match="conv: expected an ungrouped, undilated"):
+        aot.GemmConv(conv)
+
+
+def _net(*convs: nn.Module) -> nn.Sequential:
+    layers = []
+    for c in convs:
+        layers += [c, nn.ReLU()]
+    return nn.Sequential(*layers).eval()
+
+
+def test_gemm_convs_rewrites_a_level_of_small_plain_convolutions():
+    torch.manual_seed(0)
+    net = _net(nn.Conv2d(3, 16, 7, stride=2, padding=3), nn.Conv2d(16, 16, 3, padding=1),
+               nn.Conv2d(16, 32, 1, stride=2))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        want = net(x)
+    assert aot.gemm_convs(net, x) is net
+    kinds = [type(m).__name__ for m in net]
+    assert kinds == ["GemmConv", "ReLU"] * 3, kinds
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("odd", [
+    nn.Conv2d(64, 64, 3, padding=1),            # 64 * 64 * 9 * 32 * 32 = 37.7 M MACs
+    nn.Conv2d(64, 64, 3, padding=1, groups=64),  # depthwise
+    nn.Conv2d(64, 64, 3, padding=2, dilation=2)])
+def test_gemm_convs_leaves_a_level_with_a_large_or_special_convolution(odd):
+    """All or none: one convolution left among GEMMs made Inductor lay the level out for it."""
+    net = _net(nn.Conv2d(3, 64, 3, padding=1), odd)
+    x = torch.randn(1, 3, 32, 32)
+    aot.gemm_convs(net, x)
+    assert [type(m).__name__ for m in net] == ["Conv2d", "ReLU"] * 2
