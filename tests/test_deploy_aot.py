@@ -63,3 +63,32 @@ def test_gemm_convs_leaves_a_level_with_a_large_or_special_convolution(odd):
     x = torch.randn(1, 3, 32, 32)
     aot.gemm_convs(net, x)
     assert [type(m).__name__ for m in net] == ["Conv2d", "ReLU"] * 2
+
+
+class _Loader:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def boxed_run(self, inputs):
+        return [self.fn(inputs[0])]
+
+
+class _Package:
+    """A loaded package's shape: the public call and its loader's boxed entry."""
+
+    def __init__(self, public, boxed):
+        self.public, self.loader = public, _Loader(boxed)
+
+    def __call__(self, x):
+        return self.public(x)
+
+
+def test_direct_entry_is_used_only_when_it_answers_like_the_public_call():
+    x = torch.randn(1, 2, 3, 3)
+    same = _Package(lambda t: t * 2, lambda t: t * 2)
+    run = aot._direct(same, x)
+    assert run is not same and torch.equal(run(x), x * 2)
+    differs = _Package(lambda t: t * 2, lambda t: t * 3)
+    assert aot._direct(differs, x) is differs
+    tupled = _Package(lambda t: (t, t), lambda t: t)
+    assert aot._direct(tupled, x) is tupled

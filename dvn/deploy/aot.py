@@ -147,11 +147,25 @@ def aot_capture(module: nn.Module, example: torch.Tensor) -> Callable[[torch.Ten
             program, package_path=os.path.join(folder, "level.pt2"),
             inductor_configs=_inductor_options(gemms))
         runner = torch._inductor.aoti_load_package(package)
+        run = _direct(runner, example)
     shape = tuple(example.shape)
 
     def call(x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape) != shape:
             raise ValueError(f"x: this compiled level takes inputs of shape {list(shape)}, "
                              f"got {list(x.shape)}")
-        return runner(x)
+        return run(x)
     return call
+
+
+def _direct(runner, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The loaded package's entry called without its pytree round trip (20 us a call of
+    WRN-14-2 level 1's 390 us), when its answer on ``example`` is the public call's; else the
+    public call."""
+    public = runner(example)
+    loader = getattr(runner, "loader", None)
+    if isinstance(public, torch.Tensor) and hasattr(loader, "boxed_run"):
+        out = loader.boxed_run([example])
+        if len(out) == 1 and torch.equal(out[0], public):
+            return lambda x: loader.boxed_run([x])[0]
+    return runner

@@ -62,7 +62,7 @@ class Runner:
         self.note = note
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.runtime == "onnxruntime":  # no autograd to turn off: skip its ~9 us
+        if self.runtime != "torch":  # no autograd to turn off (``compiled`` does it inside)
             return self._fn(x)
         with torch.no_grad():
             return self._fn(x)
@@ -119,7 +119,11 @@ def compiled_runner(path: PathLike, static: nn.Module, task: int, level: int,
     ``frozen_capture``, made on its first call. Where the ahead-of-time compilation fails, a
     warning says why and batch 1 goes through ``frozen_capture`` too (``Runner.note``)."""
     from .unitfile import UnitFile
-    captured = frozen_capture(static, f"dvn_deploy_task{task}_level{level}")
+    capture = frozen_capture(static, f"dvn_deploy_task{task}_level{level}")
+
+    def captured(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return capture(x)
     if device.type != "cpu":
         return Runner(captured, "compiled", task, level, "torch.compile")
     with UnitFile(path) as file:
