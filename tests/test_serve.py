@@ -303,3 +303,28 @@ def test_bench_client_posts_over_keep_alive_and_survives_a_closed_connection(ser
 
     with pytest.raises((HTTPError, OSError)):
         asyncio.run(refused())
+
+
+def test_compiled_models_make_their_larger_batch_graphs_at_start_up(unit, monkeypatch):
+    """``--runtime compiled``: every (task, level) is called at the warm-up batch sizes when
+    loaded, so the first burst does not compile (the first batch of 3 took 3.4 s)."""
+    from dvn.deploy.unitfile import UnitFile
+    from dvn.serve import service
+    path, _ = unit
+    calls = []
+
+    def fake_load(p, task, level, runtime, device="cpu"):
+        assert runtime == "compiled"
+        return lambda x: calls.append((task, level, tuple(x.shape))) or torch.zeros(len(x), 2)
+    monkeypatch.setattr(service, "load_runtime", fake_load)
+    file = UnitFile(path)
+    try:
+        configs = [(1, 1), (2, 2)]
+        service.SeparateModels(file, configs, runtime="compiled")
+        model = file.skeleton
+        want = [(t, lv, (b, model.image_channels[t - 1], model.input_sizes[t - 1],
+                         model.input_sizes[t - 1]))
+                for t, lv in configs for b in service.SeparateModels.WARM_BATCHES]
+        assert calls == want
+    finally:
+        file.close()
