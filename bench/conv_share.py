@@ -77,12 +77,12 @@ def compiled_split(fn, x: torch.Tensor, calls: int) -> dict:
 
 
 def capture(path: str, level: int):
-    """Task 1 at ``level`` as the frozen ``torch.compile`` capture (convolutions on oneDNN)."""
+    """Task 1 at ``level`` as the frozen ``torch.compile`` capture (convolutions on oneDNN);
+    call it without gradients."""
     from dvn.deploy import runtimes
     from dvn.deploy.deployment import load_level
-    return runtimes.Runner(runtimes.frozen_capture(load_level(path, 1, level, fold_bn=True),
-                                                   f"conv_share_level{level}"),
-                           "compiled", 1, level, "torch.compile")
+    return runtimes.frozen_capture(load_level(path, 1, level, fold_bn=True),
+                                   f"conv_share_level{level}")
 
 
 def onednn_exec(net: str, level: int, threads: int, calls: int) -> dict:
