@@ -345,8 +345,9 @@ def time_eager(fn: Callable[[], object], device: torch.device, rep_ms: int) -> f
     if device.type == "cuda":
         import triton.testing
 
+        # return_mode, not quantiles=[0.5]: Triton returns a bare float for one quantile.
         return float(triton.testing.do_bench(fn, warmup=max(5, rep_ms // 4), rep=rep_ms,
-                                              quantiles=[0.5])[0])
+                                              return_mode="median"))
     t0 = time.perf_counter()
     fn()
     return (time.perf_counter() - t0) * 1e3
@@ -360,7 +361,7 @@ def time_graph(fn: Callable[[], object], device: torch.device, rep_ms: int
     import triton.testing
 
     try:
-        return float(triton.testing.do_bench_cudagraph(fn, rep=rep_ms, quantiles=[0.5])[0]), None
+        return float(triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median")), None
     except Exception as e:  # a candidate that cannot be captured is reported, not fatal
         torch.cuda.synchronize()
         return None, f"{type(e).__name__}: {str(e)[:200]}"

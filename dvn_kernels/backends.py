@@ -238,16 +238,14 @@ def _gpu_candidates(plan: ConvPlan, x: torch.Tensor) -> list[str]:
     return ["reference", *kernels] if full else [*kernels, "reference"]
 
 
-_CHOOSER: Optional[Chooser] = None
+# Made at import, not on first use: a first CUDA call under torch.compile would otherwise
+# build it inside Dynamo's trace, which cannot trace the chooser's weak registry.
+_CHOOSER = Chooser({name: IMPLEMENTATIONS[name] for name in ("reference", "triton", "cuda")},
+                   BACKWARDS, _gpu_candidates)
 
 
 def gpu_chooser() -> Chooser:
-    """The chooser of ``auto`` on CUDA tensors (made on first use)."""
-    global _CHOOSER
-    if _CHOOSER is None:
-        _CHOOSER = Chooser({name: IMPLEMENTATIONS[name] for name in ("reference", "triton",
-                                                                    "cuda")},
-                           BACKWARDS, _gpu_candidates)
+    """The chooser of ``auto`` on CUDA tensors."""
     return _CHOOSER
 
 

@@ -102,10 +102,18 @@ class ChoiceFile:
     then memory only.
     """
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: Optional[str] = None) -> None:
+        self._path = path
         self._choices: Optional[dict[str, dict[str, str]]] = None
         self._warned = False
+
+    @property
+    def path(self) -> str:
+        """The file: the one given, else ``default_cache_dir()``'s, read when first used (so
+        a chooser made at import follows a DVN_CACHE_DIR set later)."""
+        if self._path is None:
+            self._path = os.path.join(default_cache_dir(), CACHE_FILE)
+        return self._path
 
     def get(self, env: str, key: str) -> Optional[str]:
         if self._choices is None:
@@ -193,7 +201,7 @@ class Chooser:
         self.candidates = candidates
         self.timer = timer
         self.measure = MEASURE if measure is None else bool(measure)
-        self.file = ChoiceFile(os.path.join(cache_dir or default_cache_dir(), CACHE_FILE)) \
+        self.file = ChoiceFile(os.path.join(cache_dir, CACHE_FILE) if cache_dir else None) \
             if persist else None
         self.environment = environment
         self.capturing = capturing

@@ -23,8 +23,10 @@ try:  # importing it registers the ops with torch.library
 except ImportError as exc:  # not built for this torch
     LOAD_ERROR = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, ModuleNotFoundError) and exc.name == f"{__package__}.{MODULE}":
+        here = os.path.dirname(__file__)
+        builds = sorted(f for f in os.listdir(here) if f.startswith("_C_") and ".so" in f)
         LOAD_ERROR = (f"dvn_kernels.{MODULE} is not built: the extension was not built for "
-                      f"torch {torch.__version__}")
+                      f"torch {torch.__version__} (in {here}: {', '.join(builds) or 'no build'})")
 
 LOADED = LOAD_ERROR is None
 

@@ -271,3 +271,27 @@ def test_the_gpu_candidates_pair_triton_and_reference(tmp_path, winners):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert "Paired" in type(y.grad_fn).__name__
     assert len(timer.calls) == 4  # two candidates, two passes, measured once
+
+
+def test_the_gpu_chooser_exists_before_any_trace():
+    """A first CUDA call under torch.compile must not build the chooser inside Dynamo's trace
+    (its weak registry cannot be traced: the first H200 run failed so). A fresh process, so
+    that no earlier test made it."""
+    import subprocess
+    import sys
+
+    code = ("import torch\n"
+            "from dvn_kernels import backends\n"
+            "assert backends._CHOOSER is not None\n"
+            "f = torch.compile(lambda x: x + backends.gpu_chooser().measure, fullgraph=True,\n"
+            "                  backend='eager')\n"
+            "print(float(f(torch.zeros(1))))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_the_choice_file_follows_the_cache_dir_set_after_import(tmp_path, monkeypatch):
+    monkeypatch.setenv("DVN_CACHE_DIR", str(tmp_path))
+    chooser = Chooser({}, {}, lambda plan, x: ["reference"])
+    assert chooser.file.path == str(tmp_path / CACHE_FILE)
