@@ -6,7 +6,6 @@ raise BackendUnavailableError saying why the extension is missing.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import json
 import os
@@ -38,11 +37,15 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"dvn_kernels::{op}", dispatch_key)
 
 
-@functools.lru_cache(maxsize=None)
+# Asked once, at import (the kernels register when _C is imported): a plain constant, which
+# torch.compile reads without tracing the dispatcher query (Dynamo cannot trace it).
+_HAS_CUDA_KERNEL = has_kernel("sliced_conv2d", "CUDA") and has_kernel("sliced_conv2d_backward",
+                                                                      "CUDA")
+
+
 def has_cuda_kernel() -> bool:
-    """True when the extension was built with its CUDA kernels (asks the dispatcher, once:
-    the kernels register when _C is imported)."""
-    return has_kernel("sliced_conv2d", "CUDA") and has_kernel("sliced_conv2d_backward", "CUDA")
+    """True when the extension was built with its CUDA kernels."""
+    return _HAS_CUDA_KERNEL
 
 
 def build_info() -> dict[str, Any]:

@@ -295,3 +295,19 @@ def test_the_choice_file_follows_the_cache_dir_set_after_import(tmp_path, monkey
     monkeypatch.setenv("DVN_CACHE_DIR", str(tmp_path))
     chooser = Chooser({}, {}, lambda plan, x: ["reference"])
     assert chooser.file.path == str(tmp_path / CACHE_FILE)
+
+
+@pytest.mark.slow
+def test_torch_compile_traces_the_gpu_fixed_order():
+    """The first call of a convolution under torch.compile takes the fixed order through
+    _gpu_candidates: every availability check on that path must trace (fullgraph). On the
+    first H200 run the dispatcher query behind has_cuda_kernel() did not."""
+    chooser = Chooser({n: IMPLEMENTATIONS[n] for n in ("reference", "triton", "cuda")},
+                      backends.BACKWARDS, _gpu_candidates, persist=False, measure=False)
+    p, plan = problem("one", requires_grad=False)  # float64: no kernel backend on CPU
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(x, w, b):
+        return chooser.conv2d(plan, x, w, b)
+
+    torch.testing.assert_close(f(p.x, p.weight, p.bias), oracle(p))

@@ -29,8 +29,13 @@ AUTOTUNE_ENABLED = os.environ.get("DVN_TRITON_AUTOTUNE", "1") != "0"
 KEY = ["M_BUCKET", "N_BUCKET", "K_BUCKET", "KH", "KW", "SPLIT_K", "CHANNELS_LAST"]
 
 
+# Tile rows per band of the L2 swizzle. A config value, not a default in the kernels'
+# signatures: torch 2.11's wrap_triton counts a defaulted parameter as missing.
+SWIZZLE_M = 8
+
+
 def _cfg(bm: int, bn: int, bk: int, stages: int, warps: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SWIZZLE_M": SWIZZLE_M},
                          num_stages=stages, num_warps=warps)
 
 

@@ -55,7 +55,7 @@ def _wgrad_kernel(g, x, gw, ws,
                   TWO_OUT: tl.constexpr, NO_PAD: tl.constexpr, DIRECT: tl.constexpr,
                   CHANNELS_LAST: tl.constexpr, PRECISION: tl.constexpr, GROUPED: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  SWIZZLE_M: tl.constexpr = 8):
+                  SWIZZLE_M: tl.constexpr):
     # Channel counts and segment scalars arrive in units of ALIGN channels, so the compiler
     # knows their alignment (vector loads, pipelined copies) without specialising on values.
     C_IN = C_IN_U * ALIGN
