@@ -128,11 +128,13 @@ def test_gpu_check_dry_run(tmp_path):
         assert {"./tests.log", "./compile-tests.log", "./bench.log"} <= set(tar.getnames())
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-2000:]}\n{log}"
     for phase in ("schedule: ok", "probe: done", "build: skipped", "tests: rc=0",
-                  "compile-tests: rc=0", "precompile: rc=0", "bench: rc=0", "latency: rc=0",
+                  "compile-tests: rc=0", "precompile: rc=0", "host: rc=0", "bench: rc=0",
+                  "latency: rc=0",
                   "models: rc=0", "memcheck: skipped", "done: tests rc=0"):
         assert phase in log, f"{phase!r} not in\n{log}"
-    assert sorted(os.listdir(tmp_path)) == ["dry-run.json", "logs.tar.gz", "models-dry-run.json",
-                                            "overhead-dry-run.json", "summary.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["dry-run.json", "host-dry-run.json", "logs.tar.gz",
+                                            "models-dry-run.json", "overhead-dry-run.json",
+                                            "summary.txt"]
     summary = (tmp_path / "summary.txt").read_text()
     assert r.stdout.rstrip().endswith(summary.rstrip())
     assert "| files | ok |" in summary and "| tf32-nchw | wgrad |" in summary
@@ -141,3 +143,4 @@ def test_gpu_check_dry_run(tmp_path):
     assert all("slice/auto" in r["ratios"] for r in rows)
     assert gpu_txt.startswith("dry run: no GPU")
     assert json.loads((tmp_path / "overhead-dry-run.json").read_text())["rows"]["latency"]
+    assert json.loads((tmp_path / "host-dry-run.json").read_text())["rows"]
