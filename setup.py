@@ -115,8 +115,10 @@ def _openmp_flags() -> list[str]:
 
 def _extension():
     why_not = _why_no_cuda()
-    cxx_flags = ["-O3", "-DPy_LIMITED_API=0x03090000", f"-DDVN_MODULE={MODULE}", *_openmp_flags()]
+    # Py_LIMITED_API is defined by torch's build for py_limited_api (3.10's stable ABI); a
+    # second, different definition here made every file warn "Py_LIMITED_API redefined".
     link_flags = _openmp_flags()
+    cxx_flags = ["-O3", f"-DDVN_MODULE={MODULE}", *link_flags]
     if why_not is not None:
         _log(f"building the C++ CPU kernels only: {why_not}")
         ext = cpp_extension.CppExtension(
@@ -151,5 +153,5 @@ setup(
     package_data={"dvn_kernels": [f"{MODULE}.json"]},
     ext_modules=[EXTENSION],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

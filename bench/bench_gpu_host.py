@@ -6,13 +6,14 @@ import json
 def test_gpu_host_times_and_profiles_each_backend(tmp_path, capsys):
     from bench.gpu_host import main
     out = tmp_path / "host.json"
-    assert main(["--dry-run", "--top", "5", "--json", str(out)]) == 0
+    assert main(["--dry-run", "--top", "20", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert {(r["backend"], r["pass"]) for r in rows} == {
         (b, p) for b in ("compact", "reference", "masked") for p in ("fwd", "fwd+bwd")}
     for r in rows:
         assert r["host_us"] > 0
-        if r["backend"] != "compact":  # the profile holds the op's own entry point
-            assert len(r["profile"]) == 5
+        if r["backend"] != "compact":  # the profile holds the op's own entry point (in the
+            # top 20: autograd's own frames can come first in a forward+backward)
+            assert len(r["profile"]) == 20
             assert any("planned_conv2d" in f["function"] for f in r["profile"])
     assert "| reference | fwd |" in capsys.readouterr().out

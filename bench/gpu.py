@@ -33,8 +33,10 @@ candidate computes a gradient the row does not ask for):
 Per candidate: the median eager time (``triton.testing.do_bench``: CUDA events, L2 flushed),
 the median CUDA-graph replay time (``do_bench_cudagraph``: the kernels without host
 overhead), the host's microseconds per call, TFLOP/s of the active problem, and the relative
-error of its result against compact cuDNN (every timed configuration is checked). The JSON is
-rewritten after every row, so a run cut short keeps what it measured.
+error of its result against compact cuDNN (every timed configuration is checked); on a GPU,
+each row's ``auto_choice`` says which backend ``auto`` ran for the forward and for each
+backward mask (the first H200 run had to infer it from the times). The JSON is rewritten after
+every row, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -404,6 +406,8 @@ def measure_row(case: Case, setting: str, mode: str, kernels: Sequence[str],
         row["host_us"][name] = host_us(fn, device)
         best = graph if graph is not None else ms
         row["tflops"][name] = case.flops(mode) / (best * 1e-3) / 1e12
+    if device.type == "cuda":  # what auto ran: the GPU chooser's forward and backward choices
+        row["auto_choice"] = dvn_kernels.backends.gpu_chooser().choices(o.plan)
     row["ratios"] = ratios(row, kernels)
     return row
 

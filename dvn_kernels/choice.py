@@ -302,6 +302,15 @@ class Chooser:
         self._backward[(key, mask)] = choice
         return choice
 
+    def choices(self, plan: ConvPlan) -> dict[str, str]:
+        """What this chooser runs for ``plan`` so far, for reports: ``"forward"`` and
+        ``"backward <mask>"`` (mask as three digits: x, weight, bias) -> backend. Where
+        ``plan`` was seen with several input shapes, the last one's."""
+        out = {"forward": name for key, name in self._forward.items() if key[0] == plan}
+        out.update({f"backward {''.join(str(int(m)) for m in mask)}": name
+                    for (key, mask), name in self._backward.items() if key[0] == plan})
+        return out
+
     def backward_of(self, name: str) -> Backward:
         """Backend ``name``'s backward (by autograd through its forward when it has none)."""
         backward = self.backwards.get(name)

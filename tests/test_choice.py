@@ -311,3 +311,16 @@ def test_torch_compile_traces_the_gpu_fixed_order():
         return chooser.conv2d(plan, x, w, b)
 
     torch.testing.assert_close(f(p.x, p.weight, p.bias), oracle(p))
+
+
+def test_choices_report_what_runs_per_plan(tmp_path):
+    timer = FakeTimer({("masked", "forward"): 0.1, ("reference", "backward"): 0.1})
+    chooser, _ = make_chooser(tmp_path, timer, names=["reference", "masked"], persist=False)
+    p, plan = problem()
+    other, _ = problem("one")
+    other_plan = dvn_kernels.conv_plan(other.weight.shape, other.ins, other.outs, **other.conv)
+    assert chooser.choices(plan) == {}
+    y = chooser.conv2d(plan, p.x, p.weight, p.bias)
+    torch.autograd.grad(y.sum(), [p.x, p.weight, p.bias])
+    assert chooser.choices(plan) == {"forward": "masked", "backward 111": "reference"}
+    assert chooser.choices(other_plan) == {}
