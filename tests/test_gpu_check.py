@@ -130,11 +130,13 @@ def test_gpu_check_dry_run(tmp_path):
     for phase in ("schedule: ok", "probe: done", "build: skipped", "tests: rc=0",
                   "compile-tests: rc=0", "precompile: rc=0", "host: rc=0", "bench: rc=0",
                   "latency: rc=0",
-                  "models: rc=0", "memcheck: skipped", "done: tests rc=0"):
+                  "models: rc=0", "models-reference: rc=0", "memcheck: skipped",
+                  "done: tests rc=0"):
         assert phase in log, f"{phase!r} not in\n{log}"
     assert sorted(os.listdir(tmp_path)) == ["dry-run.json", "host-dry-run.json", "logs.tar.gz",
-                                            "models-dry-run.json", "overhead-dry-run.json",
-                                            "summary.txt"]
+                                            "models-dry-run.json",
+                                            "models-reference-dry-run.json",
+                                            "overhead-dry-run.json", "summary.txt"]
     summary = (tmp_path / "summary.txt").read_text()
     assert r.stdout.rstrip().endswith(summary.rstrip())
     assert "| files | ok |" in summary and "| tf32-nchw | wgrad |" in summary
