@@ -21,7 +21,6 @@ import io
 import pstats
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 
 import dvn_kernels
 from dvn_kernels.backends import _why_unavailable
+from bench.gpu import host_us as gpu_host_us
 from bench.timing import write_results
 from dvn.host import machine
 
@@ -73,21 +73,11 @@ def calls(backend: str, plan, x: torch.Tensor, w: torch.Tensor
 
 
 def host_us(fn: Callable[[], object], device: torch.device, n: int, rounds: int) -> float:
-    """Median over rounds of the mean host microseconds per call of n calls."""
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    """Median over rounds of ``bench.gpu.host_us`` (n calls queued, the device synchronised
+    only around them), after warm-up calls."""
     for _ in range(max(3, n // 5)):
         fn()
-    samples = []
-    for _ in range(rounds):
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        samples.append((time.perf_counter() - t0) / n * 1e6)
-    sync()
-    return statistics.median(samples)
+    return statistics.median(gpu_host_us(fn, device, n) for _ in range(rounds))
 
 
 def profile(fn: Callable[[], object], n: int, top: int) -> list[dict]:
