@@ -277,28 +277,34 @@ def masked_pass(mode: str, o: Operands) -> Callable[[], Result]:
 
 
 def auto_pass(mode: str, o: Operands) -> Callable[[], Result]:
-    """One pass of ``planned_conv2d(..., backend="auto")``, backward through autograd.
+    """One pass of ``planned_conv2d(..., backend="auto")``.
 
-    dgrad and wgrad run the backward of a kept forward (``retain_graph``), with only the
-    pass's input requiring grad, so that the op's backward computes that gradient alone. The
-    forward is made once per CUDA stream, on it (a backward runs on its forward's stream, and
-    a CUDA-graph capture records one stream): the captured graph holds one forward besides
-    its n backward calls, 1/n of a forward per timed call."""
+    fwd+bwd runs the backward through autograd, as training does. dgrad and wgrad run the
+    backward ``auto`` chooses for that gradient mask (measured on its first call, as autograd's
+    first backward would), called directly as the kernel backends' are: a backward through
+    autograd needs a kept forward, which a CUDA-graph capture of the pass cannot replay alone.
+    Inside a capture the chooser runs its graph choice, eagerly its eager choice, as in use."""
     def forward(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return dvn_kernels.planned_conv2d(o.plan, x, w, backend=AUTO)
     if mode == "fwd":
         return lambda: forward(o.x, o.weight)
-    if mode in ("dgrad", "wgrad"):
+    if mode in ("dgrad", "wgrad") and not o.x.is_cuda:  # a dry run: autograd, a kept forward
         x = o.x.detach().requires_grad_(mode == "dgrad")
         w = o.weight.detach().requires_grad_(mode == "wgrad")
+        y = forward(x, w)
         leaf = x if mode == "dgrad" else w
-        kept: dict[int, torch.Tensor] = {}  # stream -> the forward's output
+        return lambda: torch.autograd.grad(y, leaf, o.gy, retain_graph=True)[0]
+    if mode in ("dgrad", "wgrad"):
+        from dvn_kernels.backends import gpu_chooser
+        from dvn_kernels.channels import follow_format
+        chooser, x, w, gy = gpu_chooser(), o.x, o.weight, o.gy
+        key = (o.plan, x.shape, x.dtype, follow_format(x), x.device, False)
+        mask = (mode == "dgrad", mode == "wgrad", False)
+        index = 0 if mode == "dgrad" else 1
 
         def backward() -> torch.Tensor:
-            stream = torch.cuda.current_stream().cuda_stream if x.is_cuda else 0
-            if stream not in kept:
-                kept[stream] = forward(x, w)
-            return torch.autograd.grad(kept[stream], leaf, o.gy, retain_graph=True)[0]
+            name = chooser.choose_backward(key, mask, o.plan, gy, x, w)
+            return chooser.backward_of(name)(o.plan, gy, x, w, mask)[index]
         return backward
 
     def both():

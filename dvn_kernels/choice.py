@@ -8,6 +8,17 @@ gradient mask. Forward and backward choose separately: when they differ, a small
 autograd.Function runs the one's forward and the other's backward. So ``auto`` is never slower
 than slicing the weight and calling cuDNN, which is what a user would do without this project.
 
+Each candidate is timed twice over: its host time (launching it, Python included) and its
+kernel time (CUDA events while the GPU is held by a spin until every launch is queued, so host
+time cannot leak in). Two choices follow, because what a call costs depends on how it runs:
+
+- eager calls cost ``max(host, kernel)`` each (launches overlap the GPU's work; the slower
+  side sets the pace), so eager mode runs the backend with the least of that;
+- a CUDA-graph replay or a torch.compile'd graph costs the kernel time alone (no Python at
+  replay), so inside a capture and under torch.compile the backend with the least kernel time
+  runs. (The first H200 run showed why: at level 1 the ``cuda`` kernel launches in 45 us
+  against Triton's 337 us but its kernels take 2-10x longer; one choice fitted neither mode.)
+
 Choices are kept in memory and in a JSON file (``$DVN_CACHE_DIR``, else ``~/.cache/dvn/``,
 file ``auto-choices.json``), under an environment key of GPU name, torch, triton and dvn
 versions, so another GPU or version measures again. The file is only parsed as JSON, written
@@ -28,10 +39,11 @@ import importlib.metadata
 import json
 import os
 import statistics
+import time
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
@@ -44,8 +56,31 @@ Implementation = Callable[[ConvPlan, torch.Tensor, torch.Tensor, Optional[torch.
                           torch.Tensor]
 Backward = Callable[[ConvPlan, torch.Tensor, torch.Tensor, torch.Tensor, Mask], Grads]
 Candidates = Callable[[ConvPlan, torch.Tensor], Sequence[str]]
-#: timer(backend, pass, run) -> seconds (or any unit, the same for every candidate).
-Timer = Callable[[str, str, Callable[[], object]], float]
+
+
+class Timing(NamedTuple):
+    """One candidate's measured cost per call, in milliseconds."""
+    host: float    # launching the call (Python, dispatch, launch), not waiting for the GPU
+    kernel: float  # the GPU's time for the call's kernels
+
+    @property
+    def eager(self) -> float:
+        """An eager call's cost: launches overlap kernels, so the slower side sets the pace."""
+        return max(self.host, self.kernel)
+
+
+class Choice(NamedTuple):
+    """The backend for eager calls and the one for captured or compiled graphs."""
+    eager: str
+    graph: str
+
+    def pick(self, graph: bool) -> str:
+        return self.graph if graph else self.eager
+
+
+#: timer(backend, pass, run) -> Timing, or one number (any unit, the same for every candidate)
+#: that stands for both host and kernel time.
+Timer = Callable[[str, str, Callable[[], object]], "Timing | float"]
 
 MEASURE_ENV = "DVN_AUTO_MEASURE"
 CACHE_DIR_ENV = "DVN_CACHE_DIR"
@@ -55,19 +90,56 @@ MEASURE = os.environ.get(MEASURE_ENV, "1") != "0"
 
 
 def cuda_timer(backend: str, pass_: str, run: Callable[[], object], *, warmup: int = 2,
-               repeats: int = 5) -> float:
-    """Median time of ``run`` in milliseconds, by CUDA events on the current stream, after
-    ``warmup`` calls (the first compiles Triton kernels and autotunes cuDNN)."""
+               repeats: int = 5) -> Timing:
+    """``run``'s median host and kernel milliseconds on the current stream, after ``warmup``
+    calls (the first compiles Triton kernels and autotunes cuDNN).
+
+    Host: the wall time of each call, launches only. Kernel: CUDA events around each call
+    while the GPU spins (``torch.cuda._sleep``) long enough for every call to be queued
+    first, so the events time the kernels back to back, not the host's launches."""
     for _ in range(warmup):
         run()
+    torch.cuda.synchronize()
+    host = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        host.append((time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize()
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
               for _ in range(repeats)]
+    # Hold the GPU for twice the launches' time (and at least 0.1 ms).
+    torch.cuda._sleep(int(_cycles_per_ms() * max(0.1, 2 * sum(host))))
     for start, end in events:
         start.record()
         run()
         end.record()
     events[-1][1].synchronize()
-    return statistics.median(start.elapsed_time(end) for start, end in events)
+    return Timing(host=statistics.median(host),
+                  kernel=statistics.median(start.elapsed_time(end) for start, end in events))
+
+
+_CYCLES_PER_MS: dict[int, float] = {}
+
+
+def _cycles_per_ms() -> float:
+    """The current GPU's ``torch.cuda._sleep`` cycles per millisecond, measured once."""
+    device = torch.cuda.current_device()
+    rate = _CYCLES_PER_MS.get(device)
+    if rate is None:
+        cycles = 1_000_000
+        torch.cuda._sleep(cycles)  # wakes the clocks up
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        end.synchronize()
+        rate = _CYCLES_PER_MS[device] = cycles / max(start.elapsed_time(end), 1e-3)
+    return rate
+
+
+def _timing(value: "Timing | float") -> Timing:
+    return value if isinstance(value, Timing) else Timing(float(value), float(value))
 
 
 def _version(package: str) -> str:
@@ -120,10 +192,11 @@ class ChoiceFile:
             self._choices = self._read(warn=True)
         return self._choices.get(env, {}).get(key)
 
-    def put(self, env: str, key: str, backend: str) -> None:
+    def put(self, env: str, choices: Mapping[str, str]) -> None:
+        """Adds ``choices`` (key -> backend) under ``env``, in one atomic write."""
         if self._choices is None:
             self._choices = self._read(warn=True)
-        self._choices.setdefault(env, {})[key] = backend
+        self._choices.setdefault(env, {}).update(choices)
         merged = self._read(warn=False)
         merged.setdefault(env, {}).update(self._choices[env])
         try:
@@ -205,8 +278,8 @@ class Chooser:
             if persist else None
         self.environment = environment
         self.capturing = capturing
-        self._forward: dict[tuple, str] = {}  # key -> backend
-        self._backward: dict[tuple, str] = {}  # (key, mask) -> backend
+        self._forward: dict[tuple, Choice] = {}  # key -> backends
+        self._backward: dict[tuple, Choice] = {}  # (key, mask) -> backends
         self._dropped: dict[tuple, set[str]] = {}  # key -> backends that failed on it
         self._warned: set[tuple[ConvPlan, str]] = set()
         self._envs: dict[torch.device, str] = {}
@@ -222,22 +295,24 @@ class Chooser:
         if torch.compiler.is_compiling():
             return self._traced(plan, x, weight, bias)
         key = (plan, x.shape, x.dtype, follow_format(x), x.device, bias is not None)
-        forward = self._forward.get(key)
-        if forward is None:
-            forward = self._choose_forward(key, plan, x, weight, bias)
+        choice = self._forward.get(key)
+        if choice is None:
+            choice = self._choose_forward(key, plan, x, weight, bias)
+        graph = self.capturing()
+        forward = choice.pick(graph)
         if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (
                 bias is not None and bias.requires_grad))):
             return self.forwards[forward](plan, x, weight, bias)
         mask = (x.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
         backward = self._backward.get((key, mask))
-        if backward == forward or plan.in_gather is not None or plan.out_gather is not None:
+        if backward is not None and backward.pick(graph) == forward or plan.in_gather is not None or plan.out_gather is not None:
             return self.forwards[forward](plan, x, weight, bias)  # its own autograd
         return _Paired.apply(self, key, mask, plan, forward, x, weight, bias)
 
     def _traced(self, plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
                 bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """Under torch.compile: the forward choice made in eager mode for this convolution,
-        else the fixed order; that backend's op with its own autograd. The choice is read by
+        """Under torch.compile: the graph choice (least kernel time) measured in eager mode for
+        this convolution, else the fixed order; that backend's op with its own autograd. The choice is read by
         a function Dynamo treats as constant, given ids and constants only, so no guard on
         the chooser's mutable state (and no hash() of tuples, which Dynamo on torch 2.11
         cannot trace)."""
@@ -259,9 +334,10 @@ class Chooser:
         return self.measure and not self.capturing()
 
     def _choose_forward(self, key: tuple, plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
-                        bias: Optional[torch.Tensor]) -> str:
+                        bias: Optional[torch.Tensor]) -> Choice:
         if not self._may_measure():
-            choice = self.fixed(plan, x, key)
+            name = self.fixed(plan, x, key)
+            choice = Choice(name, name)
             if not self.measure:  # a fixed choice for good; in capture, measure later
                 self._remember(key, choice)
             return choice
@@ -275,22 +351,23 @@ class Chooser:
         self._remember(key, choice)
         return choice
 
-    def _remember(self, key: tuple, choice: str) -> None:
+    def _remember(self, key: tuple, choice: Choice) -> None:
         self._forward[key] = choice
         self._plans[id(key[0])] = key[0]  # alive while it is a key: its id stays its own
 
     def choose_backward(self, key: tuple, mask: Mask, plan: ConvPlan, grad_out: torch.Tensor,
                         x: torch.Tensor, weight: torch.Tensor) -> str:
         """The backward's backend for this convolution and gradient mask (measured the first
-        time, with the real ``grad_out``)."""
+        time, with the real ``grad_out``): the eager choice, or inside a CUDA-graph capture
+        the graph choice."""
         choice = self._backward.get((key, mask))
         if choice is not None:
-            return choice
+            return choice.pick(self.capturing())
         if not self._may_measure():
-            choice = self.fixed(plan, x, key)
+            name = self.fixed(plan, x, key)
             if not self.measure:
-                self._backward[(key, mask)] = choice
-            return choice
+                self._backward[(key, mask)] = Choice(name, name)
+            return name
 
         def run(name: str) -> Callable[[], object]:
             backward = self.backward_of(name)
@@ -300,15 +377,20 @@ class Chooser:
         with torch.no_grad():
             choice = self._choose(key, "backward", disk_key, plan, x, run)
         self._backward[(key, mask)] = choice
-        return choice
+        return choice.eager
 
     def choices(self, plan: ConvPlan) -> dict[str, str]:
         """What this chooser runs for ``plan`` so far, for reports: ``"forward"`` and
-        ``"backward <mask>"`` (mask as three digits: x, weight, bias) -> backend. Where
-        ``plan`` was seen with several input shapes, the last one's."""
-        out = {"forward": name for key, name in self._forward.items() if key[0] == plan}
-        out.update({f"backward {''.join(str(int(m)) for m in mask)}": name
-                    for (key, mask), name in self._backward.items() if key[0] == plan})
+        ``"backward <mask>"`` (mask as three digits: x, weight, bias) -> the eager backend,
+        and the same names with `` graph`` -> the graph backend. Where ``plan`` was seen with
+        several input shapes, the last one's."""
+        out: dict[str, str] = {}
+        found = [("forward", key, choice) for key, choice in self._forward.items()]
+        found += [(f"backward {''.join(str(int(m)) for m in mask)}", key, choice)
+                  for (key, mask), choice in self._backward.items()]
+        for name, key, choice in found:
+            if key[0] == plan:
+                out[name], out[f"{name} graph"] = choice
         return out
 
     def backward_of(self, name: str) -> Backward:
@@ -317,19 +399,22 @@ class Chooser:
         return backward if backward is not None else autograd_backward(self.forwards[name])
 
     def _choose(self, key: tuple, pass_: str, disk_key: str, plan: ConvPlan, x: torch.Tensor,
-                run: Callable[[str], Callable[[], object]]) -> str:
+                run: Callable[[str], Callable[[], object]]) -> Choice:
         dropped = self._dropped.setdefault(key, set())
         names = [n for n in self.candidates(plan, x) if n not in dropped]
         if len(names) <= 1:
-            return names[0] if names else "reference"
+            name = names[0] if names else "reference"
+            return Choice(name, name)
         env = self._env(x.device)
-        stored = self.file.get(env, disk_key) if self.file is not None else None
-        if stored in names:
-            return stored
-        times: dict[str, float] = {}
+        graph_key = f"{disk_key} graph"
+        if self.file is not None:
+            stored = Choice(self.file.get(env, disk_key), self.file.get(env, graph_key))
+            if stored.eager in names and stored.graph in names:
+                return stored
+        times: dict[str, Timing] = {}
         for name in names:
             try:
-                times[name] = self.timer(name, pass_, run(name))
+                times[name] = _timing(self.timer(name, pass_, run(name)))
             except Exception as exc:  # a failed compile, out of resources, unsupported, ...
                 dropped.add(name)
                 if (plan, name) not in self._warned:
@@ -339,10 +424,12 @@ class Chooser:
                                   f"dropped for this convolution", RuntimeWarning,
                                   stacklevel=4)
         if not times:  # every candidate failed: reference runs and raises its own error
-            return "reference"
-        choice = min(times, key=times.__getitem__)  # ties: the earlier in the fixed order
+            return Choice("reference", "reference")
+        # ties: the earlier in the fixed order
+        choice = Choice(min(times, key=lambda n: times[n].eager),
+                        min(times, key=lambda n: times[n].kernel))
         if self.file is not None:
-            self.file.put(env, disk_key, choice)
+            self.file.put(env, {disk_key: choice.eager, graph_key: choice.graph})
         return choice
 
     def _env(self, device: torch.device) -> str:
@@ -378,7 +465,8 @@ def _cached_choice(chooser_id: int, plan_id: int, shape: tuple, dtype: torch.dty
     plan = chooser._plans.get(plan_id) if chooser is not None else None
     if plan is None:
         return None
-    return chooser._forward.get((plan, torch.Size(shape), dtype, fmt, device, has_bias))
+    choice = chooser._forward.get((plan, torch.Size(shape), dtype, fmt, device, has_bias))
+    return None if choice is None else choice.graph
 
 
 class _Paired(torch.autograd.Function):

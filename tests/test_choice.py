@@ -322,5 +322,83 @@ def test_choices_report_what_runs_per_plan(tmp_path):
     assert chooser.choices(plan) == {}
     y = chooser.conv2d(plan, p.x, p.weight, p.bias)
     torch.autograd.grad(y.sum(), [p.x, p.weight, p.bias])
-    assert chooser.choices(plan) == {"forward": "masked", "backward 111": "reference"}
+    assert chooser.choices(plan) == {"forward": "masked", "forward graph": "masked",
+                                     "backward 111": "reference",
+                                     "backward 111 graph": "reference"}
     assert chooser.choices(other_plan) == {}
+
+
+def test_eager_calls_pay_host_time_captured_graphs_only_kernel_time(tmp_path):
+    """A backend that launches fast but computes slowly (the CUDA kernel at level 1 on an
+    H200) runs eagerly; the one with the fastest kernels runs inside a capture. Both choices
+    are kept on disk and read back without measuring."""
+    from dvn_kernels.choice import Timing
+    timings = {("masked", "forward"): Timing(host=0.02, kernel=0.05),     # eager 0.05
+               ("reference", "forward"): Timing(host=0.30, kernel=0.01),  # eager 0.30
+               ("masked", "backward"): Timing(host=0.30, kernel=0.01),
+               ("reference", "backward"): Timing(host=0.02, kernel=0.05)}
+    capturing = [False]
+    timer = FakeTimer(timings)
+    chooser, ran = make_chooser(tmp_path, timer, names=["reference", "masked"],
+                                capturing=lambda: capturing[0])
+    p, plan = problem()
+    y = chooser.conv2d(plan, p.x, p.weight, p.bias)
+    torch.autograd.grad(y.sum(), [p.x, p.weight, p.bias])
+    assert chooser.choices(plan) == {"forward": "masked", "forward graph": "reference",
+                                     "backward 111": "reference",
+                                     "backward 111 graph": "masked"}
+    ran.clear()
+    y = chooser.conv2d(plan, p.x, p.weight, p.bias)
+    torch.autograd.grad(y.sum(), [p.x, p.weight, p.bias])
+    assert ran == [("masked", "forward"), ("reference", "backward")]
+    ran.clear()
+    capturing[0] = True
+    y = chooser.conv2d(plan, p.x, p.weight, p.bias)
+    torch.autograd.grad(y.sum(), [p.x, p.weight, p.bias])
+    # masked has no backward op: its gradients come by autograd through its forward
+    assert ran == [("reference", "forward"), ("masked", "forward")]
+    check_against_oracle(p, chooser.conv2d(plan, p.x, p.weight, p.bias))
+
+    again = FakeTimer()
+    second, _ = make_chooser(tmp_path, again, names=["reference", "masked"])
+    y = second.conv2d(plan, p.x, p.weight, p.bias)
+    torch.autograd.grad(y.sum(), [p.x, p.weight, p.bias])
+    assert again.calls == [] and second.choices(plan) == chooser.choices(plan)
+
+
+def test_a_file_without_graph_choices_is_measured_again(tmp_path):
+    """A cache written before graph choices existed (eager keys only) is not trusted for them."""
+    timer = FakeTimer({("masked", "forward"): 0.1})
+    first, _ = make_chooser(tmp_path, timer, names=["reference", "masked"])
+    p, plan = problem(requires_grad=False)
+    first.conv2d(plan, p.x, p.weight, p.bias)
+    path = tmp_path / CACHE_FILE
+    data = json.loads(path.read_text())
+    for env in data["choices"].values():
+        for key in [k for k in env if k.endswith(" graph")]:
+            del env[key]
+    path.write_text(json.dumps(data))
+    again = FakeTimer({("masked", "forward"): 0.1})
+    second, _ = make_chooser(tmp_path, again, names=["reference", "masked"])
+    second.conv2d(plan, p.x, p.weight, p.bias)
+    assert {s for _, s in again.calls} == {"forward"}
+
+
+@pytest.mark.gpu
+def test_cuda_timer_separates_host_and_kernel_time():
+    """The timer's two numbers: a 0.5 ms kernel launched at once reads as kernel time; 1 ms of
+    Python before a tiny kernel reads as host time, not as kernel time (the GPU is held until
+    every launch is queued)."""
+    import time
+
+    from dvn_kernels.choice import _cycles_per_ms, cuda_timer
+    cycles = int(_cycles_per_ms() * 0.5)
+    t = cuda_timer("kernel-bound", "forward", lambda: torch.cuda._sleep(cycles))
+    assert 0.35 < t.kernel < 0.8 and t.host < 0.3, t
+
+    def host_bound():
+        time.sleep(0.001)
+        torch.cuda._sleep(1000)
+    t = cuda_timer("host-bound", "forward", host_bound)
+    assert t.host >= 1.0 and t.kernel < 0.3, t
+    assert t.eager == t.host
