@@ -25,6 +25,7 @@ from .extension import build_info
 from .plan import ConvPlan, conv_plan
 from .segments import ChannelSegments, as_segments, segments_from_units, split_channels
 from .sliced_conv import planned_conv2d, sliced_conv2d
+from .weight_cache import weight_cache_disabled
 
 __all__ = [
     "BACKENDS",
@@ -41,4 +42,5 @@ __all__ = [
     "set_auto_measure",
     "sliced_conv2d",
     "split_channels",
+    "weight_cache_disabled",
 ]

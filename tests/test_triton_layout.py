@@ -183,6 +183,47 @@ def test_no_weight_cache_while_tracing(monkeypatch):
     assert layout.cached_weights() == 0
 
 
+def test_no_weight_cache_where_switched_off():
+    """``weight_cache_disabled`` (compiled CUDA graphs' calls): a fresh conversion each call,
+    nothing cached, on this thread only; the cache works again after the block."""
+    import threading
+
+    from dvn_kernels import weight_cache_disabled
+
+    layout.clear_weight_cache()
+    w = torch.randn(4, 3, 3, 3, device=DEVICE)
+    with weight_cache_disabled():
+        first = layout.weight_channels_last(w)
+        assert first.is_contiguous(memory_format=CL) and torch.equal(first, w)
+        assert layout.weight_channels_last(w) is not first
+        assert layout.cached_weights() == 0
+        other = []
+        thread = threading.Thread(target=lambda: other.append(layout.weight_channels_last(w)))
+        thread.start()
+        thread.join()
+        assert layout.cached_weights() == 1  # another thread still caches
+    assert layout.weight_channels_last(w) is other[0]
+
+
+@pytest.mark.gpu
+def test_no_weight_cache_inside_a_cuda_graph():
+    """A captured call converts the weight inside the graph, so a replay after an in-place
+    update reads the new weight, not a copy cached at capture."""
+    x, w, b, conv = (t.detach() if torch.is_tensor(t) else t for t in problem("k3-two-ranges"))
+    layout.clear_weight_cache()
+    with torch.no_grad():
+        sliced_conv2d(x, w, b, backend="triton", **conv)  # warm-up: compiles, caches a copy
+        assert layout.cached_weights() == 1
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = sliced_conv2d(x, w, b, backend="triton", **conv)
+        w.mul_(-2)
+        graph.replay()
+    torch.cuda.synchronize()
+    want = reference(x, w, b, conv)[0]
+    assert_near(y, want, REL[x.dtype], "y after the weight changed")
+
+
 def test_recording_leaves_no_state():
     x, w, b, conv = problem("k1", batch=1)
     with configs.record_launches() as outer:

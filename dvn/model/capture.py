@@ -35,6 +35,8 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from dvn_kernels import weight_cache_disabled
+
 from .networks import selected
 
 
@@ -49,6 +51,32 @@ def _config_function(model: nn.Module, task: int, level: int, tag: str) -> Calla
     def run(x):
         return model(x, task=task, level=level)
     return own_function(run, f"dvn_task{task}_level{level}_{tag}")
+
+
+def opaque_triton_ops(backend: str) -> Callable:
+    """torch.compile backend ``backend`` with the Triton ops kept whole in its graph.
+
+    AOTAutograd decomposes a ``torch.library.triton_op`` into Triton kernel-wrapper nodes,
+    which only Inductor compiles; other backends run them through functional wrappers (copies
+    of the outputs) or fail on them: torch 2.11's "cudagraphs" backend raised "cannot extract
+    sympy expressions from {'y': FakeTensor(...)}" on the node's dict of outputs (the first H200
+    run). With decomposition off (functorch's ``decompose_custom_triton_ops``, the switch
+    torch.export uses) the op stays one node that runs its own launcher."""
+    compile_fn = torch._dynamo.lookup_backend(backend)
+
+    def compile_graph(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        with torch._functorch.config.patch(decompose_custom_triton_ops=False):
+            return compile_fn(gm, example_inputs)
+    compile_graph.__name__ = f"{backend}_opaque_triton_ops"
+    return compile_graph
+
+
+def _backend(backend: Any) -> Any:
+    """Non-Inductor backends named by string get the Triton ops whole (``opaque_triton_ops``)."""
+    if isinstance(backend, str) and backend != "inductor" and hasattr(
+            torch._functorch.config, "decompose_custom_triton_ops"):
+        return opaque_triton_ops(backend)
+    return backend
 
 
 def _default_mode(model: nn.Module, backend: Any) -> Optional[str]:
@@ -79,7 +107,7 @@ class CompiledConfigs:
         self.model = model
         self.networks = networks
         self._compile_args = dict(mode=_default_mode(model, backend) if mode is None else mode,
-                                  backend=backend, dynamic=dynamic, fullgraph=True)
+                                  backend=_backend(backend), dynamic=dynamic, fullgraph=True)
         self._options = dict(options or {})
         self.guard_modules = guard_modules
         self._compiled: dict[tuple[int, int, bool, bool], Callable] = {}
@@ -121,7 +149,9 @@ class CompiledConfigs:
         fn = self.compiled(task, level)
         # Layers that read the selection from the context (a converted model's) read it once,
         # while tracing, and Dynamo cannot set it: it is set here, around the compiled call.
-        with selected(self.networks.active(task, level)):
+        # No cached weight copies inside the graphs: a CUDA-graph warm-up would keep them in
+        # the graph's memory pool (dvn_kernels.weight_cache says why).
+        with selected(self.networks.active(task, level)), weight_cache_disabled():
             return fn(x)
 
     def warmup(self, example: torch.Tensor,

@@ -17,9 +17,10 @@ So the op hands the kernels unit-stride channels always:
   from the kernel directly would make its stores uncoalesced for the same reason as the loads; one
   coalesced store plus one copy (both at bandwidth) beats it.
 
-Under tracing (torch.compile, export, any dispatch mode, tensor subclasses) the weight cache is
+Under tracing (torch.compile, export, any dispatch mode, tensor subclasses), inside a CUDA-graph
+capture and where ``dvn_kernels.weight_cache_disabled`` is in force, the weight cache is
 bypassed: the conversion is a plain ``.contiguous(memory_format=torch.channels_last)`` the
-compiler sees.
+compiler sees, or a graph replays.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import weakref
 from typing import NamedTuple
 
 import torch
+
+from ..weight_cache import weight_cache_enabled
 
 # Bound on cached weight copies. Entries die with their weight (weak references), so this only
 # matters with more live sliced weights than this (several large models in one process);
@@ -89,6 +92,14 @@ def _traced(w: torch.Tensor) -> bool:
             or torch._C._len_torch_dispatch_stack() > 0 or w.is_inference())
 
 
+def _uncached(w: torch.Tensor) -> bool:
+    """True when no copy may be cached or reused: under tracing, inside a CUDA-graph capture
+    (a replay must convert the weight as it is then), or where the cache is switched off
+    (``dvn_kernels.weight_cache``: a compiled CUDA graph's warm-up)."""
+    return (_traced(w) or not weight_cache_enabled()
+            or (w.is_cuda and torch.cuda.is_current_stream_capturing()))
+
+
 def weight_channels_last(w: torch.Tensor) -> torch.Tensor:
     """``w`` with unit-stride input channels: itself when so already (channels_last weights,
     1x1 and depthwise kernels), else its channels_last copy, cached while ``w`` lives and is
@@ -101,7 +112,7 @@ def weight_channels_last(w: torch.Tensor) -> torch.Tensor:
     """
     if unit_channel_stride(w):
         return w
-    if _traced(w):
+    if _uncached(w):
         return w.contiguous(memory_format=torch.channels_last)
     try:
         key = (w._version, w.data_ptr(), w.shape, w.stride(), w.dtype)
