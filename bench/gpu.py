@@ -26,16 +26,17 @@ candidate computes a gradient the row does not ask for):
   into a zero-filled full-size tensor;
 - ``masked``: cuDNN on the full weight and the zero-scattered input (gradients likewise);
 - ``auto``: the public API, ``dvn_kernels.planned_conv2d(plan, x, weight, backend="auto")``,
-  with autograd for the backward passes (dgrad, wgrad: the backward of a kept forward, only
-  the pass's input requiring grad; see ``auto_pass``). Its target: never more than 5% slower
-  than ``slice`` (what the ``reference`` backend runs: slice + cuDNN) on any row.
+  with autograd for fwd+bwd; dgrad and wgrad run the backward ``auto`` chooses for that
+  gradient mask, called directly (see ``auto_pass``). Inside a CUDA-graph capture it runs its
+  graph choice, eagerly its eager choice. Its target: never more than 5% slower than ``slice``
+  (what the ``reference`` backend runs: slice + cuDNN) on any row.
 
 Per candidate: the median eager time (``triton.testing.do_bench``: CUDA events, L2 flushed),
 the median CUDA-graph replay time (``do_bench_cudagraph``: the kernels without host
 overhead), the host's microseconds per call, TFLOP/s of the active problem, and the relative
 error of its result against compact cuDNN (every timed configuration is checked); on a GPU,
 each row's ``auto_choice`` says which backend ``auto`` ran for the forward and for each
-backward mask (the first H200 run had to infer it from the times). The JSON is rewritten after
+backward mask, eagerly and (keys ending in `` graph``) in CUDA graphs. The JSON is rewritten after
 every row, so a run cut short keeps what it measured.
 """
 
