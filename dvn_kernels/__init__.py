@@ -25,7 +25,7 @@ from .extension import build_info
 from .plan import ConvPlan, conv_plan
 from .segments import ChannelSegments, as_segments, segments_from_units, split_channels
 from .sliced_conv import planned_conv2d, sliced_conv2d
-from .weight_cache import weight_cache_disabled
+from .weight_cache import exclude_from_weight_cache
 
 __all__ = [
     "BACKENDS",
@@ -36,11 +36,11 @@ __all__ = [
     "available_backends",
     "build_info",
     "conv_plan",
+    "exclude_from_weight_cache",
     "planned_conv2d",
     "resolve_backend",
     "segments_from_units",
     "set_auto_measure",
     "sliced_conv2d",
     "split_channels",
-    "weight_cache_disabled",
 ]

@@ -80,6 +80,20 @@ def test_converted_model_sets_its_selection_outside_the_graph():
     assert counter.frame_count == 4
 
 
+def test_the_runner_excludes_its_weights_from_kernel_caches():
+    """compile_configs excludes the model's weights from the Triton op's weight cache (copies
+    made in a CUDA graph's warm-up would stay in its pool), again after reset()."""
+    from dvn_kernels.weight_cache import weight_cache_allowed
+    model = tiny_wrn(2).eval()
+    runner = compile_configs(model, backend="eager")
+    assert not any(weight_cache_allowed(p) for p in model.parameters())
+    for p in model.parameters():
+        p.data = p.data.clone()  # new storage
+    assert all(weight_cache_allowed(p) for p in model.parameters())
+    runner.reset()
+    assert not any(weight_cache_allowed(p) for p in model.parameters())
+
+
 def test_bad_model_and_configuration():
     with pytest.raises(TypeError, match="model: expected a dvn model"):
         compile_configs(nn.Linear(2, 2))

@@ -183,26 +183,34 @@ def test_no_weight_cache_while_tracing(monkeypatch):
     assert layout.cached_weights() == 0
 
 
-def test_no_weight_cache_where_switched_off():
-    """``weight_cache_disabled`` (compiled CUDA graphs' calls): a fresh conversion each call,
-    nothing cached, on this thread only; the cache works again after the block."""
+def test_no_weight_cache_for_excluded_weights():
+    """``exclude_from_weight_cache`` (the weights of a model run through compiled CUDA
+    graphs): a fresh conversion each call for that storage, views included, on every thread;
+    other weights still cache; an exclusion ends with its tensor."""
     import threading
 
-    from dvn_kernels import weight_cache_disabled
+    from dvn_kernels import exclude_from_weight_cache
 
     layout.clear_weight_cache()
-    w = torch.randn(4, 3, 3, 3, device=DEVICE)
-    with weight_cache_disabled():
-        first = layout.weight_channels_last(w)
-        assert first.is_contiguous(memory_format=CL) and torch.equal(first, w)
-        assert layout.weight_channels_last(w) is not first
-        assert layout.cached_weights() == 0
-        other = []
-        thread = threading.Thread(target=lambda: other.append(layout.weight_channels_last(w)))
-        thread.start()
-        thread.join()
-        assert layout.cached_weights() == 1  # another thread still caches
-    assert layout.weight_channels_last(w) is other[0]
+    w, other = (torch.randn(4, 3, 3, 3, device=DEVICE) for _ in range(2))
+    exclude_from_weight_cache([w])
+    first = layout.weight_channels_last(w)
+    assert first.is_contiguous(memory_format=CL) and torch.equal(first, w)
+    assert layout.weight_channels_last(w) is not first
+    assert layout.weight_channels_last(w.view(w.shape)) is not first  # an alias: same storage
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(layout.weight_channels_last(w)))
+    thread.start()
+    thread.join()
+    assert layout.cached_weights() == 0 and torch.equal(seen[0], w)
+    assert layout.weight_channels_last(other) is layout.weight_channels_last(other)
+    assert layout.cached_weights() == 1
+    ptr = w.data_ptr()
+    del w, first, seen
+    gc.collect()
+    again = torch.empty(0).new_empty(4, 3, 3, 3)
+    if again.data_ptr() == ptr:  # storage reused by a new tensor: not excluded
+        assert layout.weight_channels_last(again) is layout.weight_channels_last(again)
 
 
 @pytest.mark.gpu

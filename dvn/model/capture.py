@@ -35,7 +35,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from dvn_kernels import weight_cache_disabled
+from dvn_kernels import exclude_from_weight_cache
 
 from .networks import selected
 
@@ -112,11 +112,19 @@ class CompiledConfigs:
         self.guard_modules = guard_modules
         self._compiled: dict[tuple[int, int, bool, bool], Callable] = {}
         self._lock = threading.Lock()
+        self._exclude_weights()
+
+    def _exclude_weights(self) -> None:
+        """No cached weight copies for this model's weights: a compiled CUDA graph's warm-up
+        (forward or backward) would keep them in the graph's memory pool
+        (``dvn_kernels.weight_cache`` says why)."""
+        exclude_from_weight_cache(self.model.parameters())
 
     def reset(self) -> None:
         """Forgets every compiled graph (after changing the model beyond its values)."""
         with self._lock:
             self._compiled.clear()
+        self._exclude_weights()
 
     def _compile(self, task: int, level: int, grad: bool, training: bool) -> Callable:
         args, options = dict(self._compile_args), dict(self._options)
@@ -143,15 +151,14 @@ class CompiledConfigs:
                 if fn is None:
                     fn = self._compile(*key)
                     self._compiled[key] = fn
+                    self._exclude_weights()  # the weights' storage as compiled
         return fn
 
     def __call__(self, x: torch.Tensor, task: int, level: int) -> torch.Tensor:
         fn = self.compiled(task, level)
         # Layers that read the selection from the context (a converted model's) read it once,
         # while tracing, and Dynamo cannot set it: it is set here, around the compiled call.
-        # No cached weight copies inside the graphs: a CUDA-graph warm-up would keep them in
-        # the graph's memory pool (dvn_kernels.weight_cache says why).
-        with selected(self.networks.active(task, level)), weight_cache_disabled():
+        with selected(self.networks.active(task, level)):
             return fn(x)
 
     def warmup(self, example: torch.Tensor,

@@ -18,7 +18,7 @@ So the op hands the kernels unit-stride channels always:
   coalesced store plus one copy (both at bandwidth) beats it.
 
 Under tracing (torch.compile, export, any dispatch mode, tensor subclasses), inside a CUDA-graph
-capture and where ``dvn_kernels.weight_cache_disabled`` is in force, the weight cache is
+capture and for weights given to ``dvn_kernels.exclude_from_weight_cache``, the weight cache is
 bypassed: the conversion is a plain ``.contiguous(memory_format=torch.channels_last)`` the
 compiler sees, or a graph replays.
 """
@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..weight_cache import weight_cache_enabled
+from ..weight_cache import weight_cache_allowed
 
 # Bound on cached weight copies. Entries die with their weight (weak references), so this only
 # matters with more live sliced weights than this (several large models in one process);
@@ -94,9 +94,9 @@ def _traced(w: torch.Tensor) -> bool:
 
 def _uncached(w: torch.Tensor) -> bool:
     """True when no copy may be cached or reused: under tracing, inside a CUDA-graph capture
-    (a replay must convert the weight as it is then), or where the cache is switched off
-    (``dvn_kernels.weight_cache``: a compiled CUDA graph's warm-up)."""
-    return (_traced(w) or not weight_cache_enabled()
+    (a replay must convert the weight as it is then), or for a weight excluded from the cache
+    (``dvn_kernels.weight_cache``: a model run through compiled CUDA graphs)."""
+    return (_traced(w) or not weight_cache_allowed(w)
             or (w.is_cuda and torch.cuda.is_current_stream_capturing()))
 
 
