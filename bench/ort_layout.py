@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from .runtimes import NETS, _randomise_bn
-from .timing import time_side_by_side, write_results
+from .timing import cpu_meta, time_side_by_side, write_results
 
 LEVELS = ("ORT_ENABLE_ALL", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_BASIC")
 
@@ -176,12 +176,8 @@ def main(argv=None) -> int:
     print(markdown(rows))
     if a.json:
         import onnxruntime
-
-        from dvn.host import machine
-        write_results(a.json, {"command": "python -m bench.ort_layout " + " ".join(
-            argv if argv is not None else sys.argv[1:]), "machine": machine(torch.device("cpu")),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "load_average": os.getloadavg(), "note": "shared 2-core machine: noisy"}, rows)
+        write_results(a.json, cpu_meta("bench.ort_layout", argv,
+                                       onnxruntime=onnxruntime.__version__), rows)
     return 0
 
 

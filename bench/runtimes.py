@@ -35,7 +35,7 @@ import dvn.deploy as dd
 from dvn.deploy import onnx as donnx
 from dvn.deploy import runtimes
 
-from .timing import time_side_by_side, write_results
+from .timing import cpu_meta, time_side_by_side, write_results
 
 NETS = {
     "resnet42": lambda: dvn.resnet(42, units=4, num_classes=50, input_sizes=64),
@@ -140,7 +140,6 @@ def main(argv=None) -> int:
     p.add_argument("--compiled", action="store_true", help="also torch.compile (batch 1)")
     p.add_argument("--json", help="write the rows here")
     a = p.parse_args(argv)
-    from dvn.host import machine
     say = lambda m: print(f"  {m}", file=sys.stderr, flush=True)  # noqa: E731
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -149,10 +148,8 @@ def main(argv=None) -> int:
     print(markdown(rows))
     if a.json:
         import onnxruntime
-        write_results(a.json, {"command": "python -m bench.runtimes " + " ".join(
-            argv if argv is not None else sys.argv[1:]), "machine": machine(torch.device("cpu")),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "load_average": os.getloadavg(), "note": "shared 2-core machine: noisy"}, rows)
+        write_results(a.json, cpu_meta("bench.runtimes", argv,
+                                       onnxruntime=onnxruntime.__version__), rows)
     return 0
 
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 import time
 import urllib.request
@@ -28,7 +26,7 @@ import urllib.request
 import torch
 
 from .serve import images, stand_in
-from .timing import write_results
+from .timing import cpu_meta, write_results
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -145,12 +143,8 @@ def main(argv=None) -> int:
               f"{s['added_ms_in_server']['p99']:.2f} | {f['sleep']['p50']:.2f} / "
               f"{f['spin_sleep0']['p50']:.2f} / {f['spin_hot']['p50']:.2f} |")
     if a.json:
-        from dvn.host import machine
-        write_results(a.json, {"command": "python -m bench.serve_idle " + " ".join(
-            argv if argv is not None else sys.argv[1:]), "machine": machine(torch.device("cpu")),
-            "torch": torch.__version__, "profiled_b1_ms": profiled,
-            "load_average": os.getloadavg(), "note": "shared 2-core machine: noisy"},
-            [{"server": s, "alone": f} for s, f in zip(served, alone)])
+        write_results(a.json, cpu_meta("bench.serve_idle", argv, profiled_b1_ms=profiled),
+                      [{"server": s, "alone": f} for s, f in zip(served, alone)])
     return 0
 
 

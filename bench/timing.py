@@ -6,7 +6,10 @@ The timer is dvn's own (:mod:`dvn.timing`), shared with ``dvn eval``, ``dvn prof
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Optional
 
 from dvn.timing import side_by_side
 from dvn_kernels.files import write_json
@@ -33,3 +36,15 @@ def write_results(path: str, meta: dict, rows: list[dict]) -> None:
     """Writes {"meta", "rows"} as JSON, atomically (``dvn_kernels.files``)."""
     write_json(path, {"meta": meta, "rows": rows}, indent=1)
     print(f"# wrote {path}")
+
+
+def cpu_meta(module: str, argv: Optional[Sequence[str]], **extra) -> dict:
+    """A CPU benchmark's ``meta``: the command that made it (``python -m module`` and its
+    arguments), the machine, torch's version, ``extra``, the load average and the caveat."""
+    import torch
+
+    from dvn.host import machine
+    args = list(argv) if argv is not None else sys.argv[1:]
+    return {"command": " ".join(["python -m", module, *args]),
+            "machine": machine(torch.device("cpu")), "torch": torch.__version__, **extra,
+            "load_average": os.getloadavg(), "note": "shared 2-core machine: noisy"}
