@@ -146,3 +146,28 @@ def test_gpu_check_dry_run(tmp_path):
     assert gpu_txt.startswith("dry run: no GPU")
     assert json.loads((tmp_path / "overhead-dry-run.json").read_text())["rows"]["latency"]
     assert json.loads((tmp_path / "host-dry-run.json").read_text())["rows"]
+
+
+@pytest.mark.host
+def test_gpu_check_skips_phases(tmp_path):
+    """DVN_GPU_CHECK_SKIP: the phases named are recorded as skipped and run nothing (no result
+    file of theirs); the benchmark gets their reserved time; the run still succeeds."""
+    env = dict(os.environ, OUT=str(tmp_path), DVN_PYTHON=sys.executable,
+               DVN_GPU_CHECK_SKIP="tests host models models-reference")
+    r = subprocess.run([str(ROOT / "scripts" / "gpu-check"), "--dry-run"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-2000:]}"
+    for phase in ("tests", "host", "models", "models-reference"):
+        assert f"{phase}: skipped (DVN_GPU_CHECK_SKIP)" in r.stdout
+        assert f"| {phase} | skipped | 0 |" in r.stdout
+    assert "compile-tests: rc=0" in r.stdout and "latency: rc=0" in r.stdout
+    files = set(os.listdir(tmp_path))
+    assert "dry-run.json" in files and "overhead-dry-run.json" in files
+    assert not files & {"host-dry-run.json", "models-dry-run.json",
+                        "models-reference-dry-run.json"}
+    cap = int(next(line.split("cap ")[1].split(" s")[0] for line in r.stdout.splitlines()
+                   if "bench: start" in line))
+    # Without skipping, the benchmark keeps at most 540 s less the later phases' reserve
+    # (latency 30, models 45 and 20, 3 kills of 3 s, wrap-up 10) and a kill's 3 s: 423 s.
+    # Skipping both models phases gives it their 65 s (the dry run's first phases take ~15 s).
+    assert cap > 540 - (30 + 45 + 20 + 9 + 10) - 3
