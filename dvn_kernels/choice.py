@@ -258,9 +258,12 @@ class Chooser:
     ``forwards`` / ``backwards`` map backend names to their forward implementation and their
     backward (gradients asked for by a mask; a backend without one gets gradients by autograd
     through its forward, run again). ``candidates(plan, x)`` lists the backends that may run
-    ``plan`` in the fixed order (its first is the choice when nothing is measured). ``timer``,
-    ``measure`` (None: the module's switch), ``cache_dir`` (None: ``default_cache_dir()``;
-    ``persist=False``: memory only), ``environment`` and ``capturing`` are injectable for tests.
+    ``plan`` in the fixed order (its first is the choice when nothing is measured). Each
+    measurement keeps a ``Choice``: the eager backend and the graph backend (see the module's
+    docstring); ``capturing()`` says which one a call runs. ``timer`` (returns a ``Timing``,
+    or one number for both), ``measure`` (None: the module's switch), ``cache_dir`` (None:
+    ``default_cache_dir()``; ``persist=False``: memory only), ``environment`` and
+    ``capturing`` are injectable for tests.
     """
 
     def __init__(self, forwards: Mapping[str, Implementation], backwards: Mapping[str, Backward],
