@@ -1,7 +1,8 @@
 """How much of ONNX Runtime's lead over dvn's ``compiled`` runtime is its layout optimization
 (issue 20's "where the rest of the gap goes").
 
-    python -m bench.ort_layout --net resnet42 --threads 1 2 --json bench/results/ort-layout-<machine>.json
+    python -m bench.ort_layout --net resnet42 --threads 1 2 --conv-layouts
+        --json bench/results/ort-layout-<machine>.json      (one command)
 
 At its default level (``ORT_ENABLE_ALL``) ONNX Runtime's CPU provider rewrites convolutions to
 its NCHWc blocked layout (MLAS kernels over channel blocks of 8 or 16); ``ORT_ENABLE_EXTENDED``

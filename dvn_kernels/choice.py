@@ -308,17 +308,18 @@ class Chooser:
             return self.forwards[forward](plan, x, weight, bias)
         mask = (x.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
         backward = self._backward.get((key, mask))
-        if backward is not None and backward.pick(graph) == forward or plan.in_gather is not None or plan.out_gather is not None:
+        same = backward is not None and backward.pick(graph) == forward
+        if same or plan.in_gather is not None or plan.out_gather is not None:
             return self.forwards[forward](plan, x, weight, bias)  # its own autograd
         return _Paired.apply(self, key, mask, plan, forward, x, weight, bias)
 
     def _traced(self, plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
                 bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """Under torch.compile: the graph choice (least kernel time) measured in eager mode for
-        this convolution, else the fixed order; that backend's op with its own autograd. The choice is read by
-        a function Dynamo treats as constant, given ids and constants only, so no guard on
-        the chooser's mutable state (and no hash() of tuples, which Dynamo on torch 2.11
-        cannot trace)."""
+        """Under torch.compile: the graph choice (least kernel time) measured in eager mode
+        for this convolution, else the fixed order; that backend's op with its own autograd.
+        The choice is read by a function Dynamo treats as constant, given ids and constants
+        only, so no guard on the chooser's mutable state (and no hash() of tuples, which
+        Dynamo on torch 2.11 cannot trace)."""
         forward = _cached_choice(id(self), id(plan), tuple(x.shape), x.dtype, follow_format(x),
                                  x.device, bias is not None)
         if forward is None:
