@@ -24,3 +24,28 @@ def test_mobilenet_v2_rows(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| mobilenet-v2 (64x64, batch 2) | 1/4 |" in text
     assert "# mobilenet-v2 level 1 vs the masked twin:" in text
+
+
+def test_a_capture_without_cuda_graphs_says_so(tmp_path, capsys):
+    # On a CPU torch's cudagraphs backend skips its graphs: the captured row must say so, not
+    # pass for a CUDA-graph replay.
+    out = tmp_path / "captured.json"
+    assert main(["--models", "wrn-32-4", "--levels", "1", "--batch", "2", "--repeats", "1",
+                 "--warmup", "0", "--captured", "--capture-backend", "cudagraphs",
+                 "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert "captured" in row["ms"]
+    assert row["cudagraph_skips"] and "cpu device" in row["cudagraph_skips"][0]
+    assert "# captured level 1 ran without CUDA graphs:" in capsys.readouterr().out
+
+
+def test_cudagraph_skips_collects_only_inside_the_block():
+    import logging
+
+    from bench.timing import cudagraph_skips
+
+    log = logging.getLogger("torch._inductor.cudagraph_utils.__cudagraphs")
+    with cudagraph_skips() as seen:
+        log.warning("skipping cudagraphs due to a test\nstack")
+    log.warning("outside")
+    assert seen == ["skipping cudagraphs due to a test"]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import dvn
-from bench.timing import time_side_by_side, write_results
+from bench.timing import cudagraph_skips, time_side_by_side, write_results
 from dvn.host import machine
 
 
@@ -97,30 +97,47 @@ def run(names: list[str], levels: list[int] | None, batch: int | None, repeats: 
         for level in levels or range(1, k + 1):
             if level > k:
                 continue
-            times = time_side_by_side(candidates(model, level, x, y, runner=runner),
-                                      repeats=repeats, warmup=warmup)
+            with cudagraph_skips() as skips:
+                times = time_side_by_side(candidates(model, level, x, y, runner=runner),
+                                          repeats=repeats, warmup=warmup)
             row = dict(model=name, units=k, level=level, batch=x.shape[0], size=x.shape[-1],
                        params=dvn.count_parameters(model, 1, level),
                        ms={c: t * 1e3 for c, t in times.items()})
+            if runner is not None:
+                row["cudagraph_skips"] = skips
             rows.append(row)
             log(format_row(row))
+            for message in sorted(set(row.get("cudagraph_skips", []))):
+                log(f"# captured level {level} ran without CUDA graphs: {message}")
             after_row(rows)
     return rows
 
 
-def profile(name: str, level: int, batch: int | None, backend: str, steps: int = 3) -> None:
-    """Prints the operators that take the time in the sliced and the static step."""
+def profile(name: str, level: int, batch: int | None, backend: str, steps: int = 3,
+            device: str = "cpu", captured: bool = False,
+            capture_backend: str = "inductor") -> None:
+    """Prints the operators that take the time in the sliced and the static step (and the
+    captured one with ``captured``): host time on a CPU, GPU time on a GPU."""
+    from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    model, x, y = setup(name, batch, backend)
-    runs = candidates(model, level, x, y, modes=("sliced", "static"))
-    for label, fn in runs.items():
-        fn()
-        with torch_profile() as prof:
+    model, x, y = setup(name, batch, backend, device)
+    runner = dvn.compile_configs(model, backend=capture_backend) if captured else None
+    modes = ("sliced", "static") + (("captured",) if captured else ())
+    runs = candidates(model, level, x, y, modes=("sliced", "static"), runner=runner)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    sort = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    for label in modes:
+        fn = runs[label]
+        with cudagraph_skips() as skips:
+            fn(), fn()
+        for message in sorted(set(skips)):
+            print(f"# {label}: ran without CUDA graphs: {message}")
+        with torch_profile(activities=activities) as prof:
             for _ in range(steps):
                 fn()
         print(f"# {name} level {level}, {label}: {steps} steps")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
+        print(prof.key_averages().table(sort_by=sort, row_limit=10))
 
 
 HEADER = ("| model | level | parameters | sliced ms | static ms | masked ms | sliced/static "
@@ -177,13 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--profile", action="store_true",
                    help="instead of timing, print torch.profiler's top operators of the sliced "
-                        "and static steps (first model and level given)")
+                        "and static steps, and of the captured one with --captured (first "
+                        "model and level given)")
     args = p.parse_args(argv)
     for level in args.levels or []:
         if level < 1:
             p.error(f"--levels: levels are 1-based, got {level}")
     if args.profile:
-        profile(args.models[0], (args.levels or [1])[0], args.batch, args.backend)
+        if args.device == "cuda":
+            torch.backends.cudnn.allow_tf32 = True
+        profile(args.models[0], (args.levels or [1])[0], args.batch, args.backend,
+                device=args.device, captured=args.captured,
+                capture_backend=args.capture_backend)
         return 0
     where = machine(args.device, threads=False)
     print(f"# DVN training step (forward+backward) per level: {where}, "

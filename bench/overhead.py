@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import dvn
 import dvn_kernels
 from bench.models import mobilenet_v2
-from bench.timing import time_side_by_side, write_results
+from bench.timing import cudagraph_skips, time_side_by_side, write_results
 from dvn.host import machine
 from dvn.timing import medians, time_calls
 
@@ -135,7 +135,7 @@ def latency_rows(names: list[str], repeats: int, capture: bool, device: torch.de
         for level in levels or range(1, k + 1):
             if level > k:
                 continue
-            with torch.no_grad():
+            with torch.no_grad(), cudagraph_skips() as skips:
                 if runner is not None:
                     t0 = time.perf_counter()
                     runner.warmup(x, configs=[(1, level)])
@@ -147,8 +147,11 @@ def latency_rows(names: list[str], repeats: int, capture: bool, device: torch.de
                        ms={c: t * 1e3 for c, t in times.items()})
             if runner is not None:
                 row["compile_s"] = compile_s
+                row["cudagraph_skips"] = skips
             rows.append(row)
             log(format_latency(row))
+            for message in sorted(set(row.get("cudagraph_skips", []))):
+                log(f"# captured level {level} ran without CUDA graphs: {message}")
             after_row(rows)
     return rows
 

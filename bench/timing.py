@@ -6,9 +6,11 @@ The timer is dvn's own (:mod:`dvn.timing`), shared with ``dvn eval``, ``dvn prof
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Optional
 
 from dvn.timing import side_by_side
@@ -30,6 +32,43 @@ def time_side_by_side(fns: Mapping[str, Callable[[], object]], *, repeats: int =
     """
     return side_by_side(fns, repeats=repeats, warmup=warmup, min_seconds=min_seconds,
                         settle=settle, order="shuffle")
+
+
+# torch logs "skipping cudagraphs due to ..." on this artifact logger, off unless TORCH_LOGS
+# names it; the compiled function then runs without CUDA graphs.
+_CUDAGRAPH_LOG = "torch._inductor.cudagraph_utils.__cudagraphs"
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage().split(". Found from")[0].splitlines()[0])
+
+
+@contextlib.contextmanager
+def cudagraph_skips() -> Iterator[list[str]]:
+    """The list of torch's CUDA-graph skip messages logged while the block runs.
+
+    A ``torch.compile`` capture that torch ran without its CUDA graphs (an unsupported op, a
+    CPU tensor, a mutated input) would otherwise be timed as if it were one: a benchmark row
+    of a capture carries this list.
+    """
+    import torch._inductor.cudagraph_utils  # noqa: F401  (registers the logger)
+
+    log = logging.getLogger(_CUDAGRAPH_LOG)
+    messages: list[str] = []
+    handler, level = _Collect(messages), log.level
+    log.addHandler(handler)
+    if not log.isEnabledFor(logging.WARNING):
+        log.setLevel(logging.WARNING)
+    try:
+        yield messages
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def write_results(path: str, meta: dict, rows: list[dict]) -> None:

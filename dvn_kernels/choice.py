@@ -51,6 +51,7 @@ from .channels import follow_format
 from .plan import ConvPlan
 from .reference import Grads, Mask, autograd_backward
 from .spec import ranges_text
+from .weight_cache import weight_cache_bypassed
 
 Implementation = Callable[[ConvPlan, torch.Tensor, torch.Tensor, Optional[torch.Tensor]],
                           torch.Tensor]
@@ -96,7 +97,10 @@ def cuda_timer(backend: str, pass_: str, run: Callable[[], object], *, warmup: i
 
     Host: the wall time of each call, launches only. Kernel: CUDA events around each call
     while the GPU spins (``torch.cuda._sleep``) long enough for every call to be queued
-    first, so the events time the kernels back to back, not the host's launches."""
+    first, so the events time the kernels back to back, not the host's launches; and with
+    no cached weight copies, as a CUDA-graph replay runs them (the Triton op's channels_last
+    weight: without this, on an H200 ``auto`` put Triton in graphs where the replay, which
+    converts the weight, took up to 1.4x slice + cuDNN's time)."""
     for _ in range(warmup):
         run()
     torch.cuda.synchronize()
@@ -110,10 +114,11 @@ def cuda_timer(backend: str, pass_: str, run: Callable[[], object], *, warmup: i
               for _ in range(repeats)]
     # Hold the GPU for twice the launches' time (and at least 0.1 ms).
     torch.cuda._sleep(int(_cycles_per_ms() * max(0.1, 2 * sum(host))))
-    for start, end in events:
-        start.record()
-        run()
-        end.record()
+    with weight_cache_bypassed():  # the kernels a graph replays: weights converted afresh
+        for start, end in events:
+            start.record()
+            run()
+            end.record()
     events[-1][1].synchronize()
     return Timing(host=statistics.median(host),
                   kernel=statistics.median(start.elapsed_time(end) for start, end in events))
@@ -320,11 +325,24 @@ class Chooser:
         The choice is read by a function Dynamo treats as constant, given ids and constants
         only, so no guard on the chooser's mutable state (and no hash() of tuples, which
         Dynamo on torch 2.11 cannot trace)."""
-        forward = _cached_choice(id(self), id(plan), tuple(x.shape), x.dtype, follow_format(x),
-                                 x.device, bias is not None)
+        facts = (id(self), id(plan), tuple(x.shape), x.dtype, follow_format(x), x.device,
+                 bias is not None)
+        forward = _cached_choice(*facts)
         if forward is None:
             forward = self.fixed(plan, x)
-        return self.forwards[forward](plan, x, weight, bias)
+        if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (
+                bias is not None and bias.requires_grad))):
+            return self.forwards[forward](plan, x, weight, bias)
+        # The backward's own graph choice: the forward's backend's backward can be far slower
+        # (on an H200, Triton's grad-weight pass took 3-6x cuDNN's: a captured training step
+        # that ran it at level 1 was slower than level 2's).
+        mask = (x.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
+        backward = _cached_choice(*facts, mask)
+        if backward is None:
+            backward = self.fixed(plan, x)
+        if backward == forward or plan.in_gather is not None or plan.out_gather is not None:
+            return self.forwards[forward](plan, x, weight, bias)  # its own autograd
+        return _TracedPair.apply(self, forward, backward, mask, plan, x, weight, bias)
 
     # Choosing.
 
@@ -462,15 +480,37 @@ _CHOOSERS: weakref.WeakValueDictionary[int, Chooser] = weakref.WeakValueDictiona
 
 @torch.compiler.assume_constant_result
 def _cached_choice(chooser_id: int, plan_id: int, shape: tuple, dtype: torch.dtype,
-                   fmt: torch.memory_format, device: torch.device, has_bias: bool
-                   ) -> Optional[str]:
-    """The forward choice already made for a convolution, or None (for ``_traced``)."""
+                   fmt: torch.memory_format, device: torch.device, has_bias: bool,
+                   mask: Optional[Mask] = None) -> Optional[str]:
+    """The graph choice already made for a convolution's forward, or with ``mask`` for its
+    backward computing those gradients; None where none was made (for ``_traced``)."""
     chooser = _CHOOSERS.get(chooser_id)
     plan = chooser._plans.get(plan_id) if chooser is not None else None
     if plan is None:
         return None
-    choice = chooser._forward.get((plan, torch.Size(shape), dtype, fmt, device, has_bias))
+    key = (plan, torch.Size(shape), dtype, fmt, device, has_bias)
+    choice = chooser._forward.get(key) if mask is None else chooser._backward.get((key, mask))
     return None if choice is None else choice.graph
+
+
+class _TracedPair(torch.autograd.Function):
+    """Under torch.compile: one backend's forward with another's backward, both chosen when
+    the graph is traced (``Chooser._traced``)."""
+
+    @staticmethod
+    def forward(ctx, chooser: Chooser, forward: str, backward: str, mask: Mask, plan: ConvPlan,
+                x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+                ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.chooser, ctx.backward, ctx.mask, ctx.plan = chooser, backward, mask, plan
+        return chooser.forwards[forward](plan, x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        gx, gw, gb = ctx.chooser.backward_of(ctx.backward)(ctx.plan, grad_out, x, weight,
+                                                           ctx.mask)
+        return None, None, None, None, None, gx, gw, gb
 
 
 class _Paired(torch.autograd.Function):

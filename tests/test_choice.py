@@ -209,12 +209,51 @@ def test_torch_compile_uses_the_cached_choice_without_measuring(tmp_path):
     assert ("masked", "forward") in ran and ("reference", "forward") in ran
 
 
+def test_traced_calls_pair_the_graph_choices_of_both_passes(tmp_path):
+    """Under torch.compile a convolution that needs gradients runs the forward's graph choice
+    and the backward's own (not the forward backend's backward); ``_traced`` called eagerly
+    here, so that the recorded runs show which backend ran each pass."""
+    timer = FakeTimer({("masked", "forward"): 0.1, ("reference", "backward"): 0.1})
+    chooser, ran = make_chooser(tmp_path, timer, names=["masked", "reference"], persist=False)
+    p, plan = problem()
+    torch.autograd.grad(chooser.conv2d(plan, p.x, p.weight, p.bias).sum(), p.leaves())
+    ran.clear()
+    y = chooser._traced(plan, p.x, p.weight, p.bias)
+    check_against_oracle(p, y)
+    assert "TracedPair" in type(y.grad_fn).__name__
+    assert ("masked", "forward") in ran and ("reference", "backward") in ran
+    p2, plan2 = problem("one")  # never measured: the fixed order for both, one backend
+    ran.clear()
+    check_against_oracle(p2, chooser._traced(plan2, p2.x, p2.weight, p2.bias))
+    assert {name for name, _ in ran} == {"masked"}
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_with_the_backward_choice(tmp_path):
+    """The same pairing traced whole (fullgraph), forward and backward, with the gradients of
+    the oracle: a compiled training step runs the measured backward."""
+    chooser = Chooser({"reference": reference_conv2d, "masked": masked_conv2d},
+                      {"reference": reference_conv2d_backward}, lambda plan, x: ["masked",
+                                                                                 "reference"],
+                      timer=FakeTimer({("masked", "forward"): 0.1,
+                                       ("reference", "backward"): 0.1}), persist=False)
+    p, plan = problem()
+    torch.autograd.grad(chooser.conv2d(plan, p.x, p.weight, p.bias).sum(), p.leaves())
+    assert chooser.choices(plan)["backward 111 graph"] == "reference"
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(x, w, b):
+        return chooser.conv2d(plan, x, w, b)
+
+    check_against_oracle(p, f(p.x, p.weight, p.bias))
+
+
 def test_gpu_candidates_fixed_order():
     meta = torch.empty(1, device="meta")  # no kernel backend runs on meta tensors
     full = dvn_kernels.conv_plan((8, 4, 3, 3), [(0, 4)], [(0, 8)])
     narrow = dvn_kernels.conv_plan((8, 4, 3, 3), [(0, 2)], [(0, 8)])
     assert _gpu_candidates(full, meta) == ["reference"]
-    assert _gpu_candidates(narrow, meta)[-1] == "reference"
+    assert _gpu_candidates(narrow, meta)[0] == "reference"  # slice + cuDNN until measured
 
 
 def test_cpu_auto_is_unchanged_and_the_switch_checks_its_argument():
@@ -402,3 +441,18 @@ def test_cuda_timer_separates_host_and_kernel_time():
     t = cuda_timer("host-bound", "forward", host_bound)
     assert t.host >= 1.0 and t.kernel < 0.3, t
     assert t.eager == t.host
+
+
+@pytest.mark.gpu
+def test_cuda_timer_times_kernels_without_cached_weight_copies():
+    """The kernel-time calls run as a graph replay does, converting weights afresh; the
+    warm-up and host-time calls use the cache as eager calls do."""
+    from dvn_kernels.choice import cuda_timer
+    from dvn_kernels.weight_cache import weight_cache_allowed
+
+    w = torch.randn(4, 3, 3, 3, device="cuda")
+    allowed = []
+    cuda_timer("probe", "forward", lambda: allowed.append(weight_cache_allowed(w)),
+               warmup=2, repeats=5)
+    assert allowed == [True] * 7 + [False] * 5
+    assert weight_cache_allowed(w)

@@ -180,13 +180,12 @@ def test_auto_picks_the_cpu_kernel_on_cpu():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
-def test_auto_picks_a_gpu_kernel_on_cuda(dtype):
+def test_auto_on_cuda_starts_from_slice_and_cudnn(dtype):
+    # The fixed order (measuring off, or not yet measured) runs slice + cuDNN first.
     x = torch.randn(1, 2, 4, 4, device="cuda", dtype=dtype)
-    usable = dvn_kernels.available_backends("cuda", dtype)
-    expected = next((b for b in ("triton", "cuda") if b in usable), "reference")
-    assert dvn_kernels.resolve_backend("auto", x) == expected
+    assert dvn_kernels.resolve_backend("auto", x) == "reference"
     if dtype != torch.float64:
-        assert expected == "triton", usable
+        assert "triton" in dvn_kernels.available_backends("cuda", dtype)
 
 
 def test_inference_mode():

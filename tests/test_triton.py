@@ -321,7 +321,7 @@ def test_availability_and_auto():
         assert dvn_kernels.resolve_backend("auto", torch.randn(1, 2, 4, 4)) != "triton"
     else:
         assert dvn_kernels.resolve_backend("auto", torch.randn(1, 2, 4, 4, device=DEVICE)) \
-            in ("triton", "cuda")
+            == "reference"  # slice + cuDNN until measured
     p = make_problem(*SEGMENT_LAYOUTS["one"], dtype=torch.float64)
     with pytest.raises(BackendUnavailableError, match="backend: 'triton' is unavailable: "
                                                       "it supports"):

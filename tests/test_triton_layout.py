@@ -213,6 +213,28 @@ def test_no_weight_cache_for_excluded_weights():
         assert layout.weight_channels_last(again) is layout.weight_channels_last(again)
 
 
+def test_no_weight_cache_while_bypassed_in_this_thread():
+    """``weight_cache_bypassed`` (auto's kernel timing: what a graph replay converts): no
+    copy read or made inside the block, in its thread only; the cache serves again after."""
+    import threading
+
+    from dvn_kernels.weight_cache import weight_cache_bypassed
+
+    layout.clear_weight_cache()
+    w = torch.randn(4, 3, 3, 3, device=DEVICE)
+    cached = layout.weight_channels_last(w)
+    other_thread = []
+    with weight_cache_bypassed():
+        fresh = layout.weight_channels_last(w)
+        thread = threading.Thread(
+            target=lambda: other_thread.append(layout.weight_channels_last(w)))
+        thread.start()
+        thread.join()
+    assert fresh is not cached and torch.equal(fresh, w)
+    assert other_thread[0] is cached
+    assert layout.weight_channels_last(w) is cached and layout.cached_weights() == 1
+
+
 @pytest.mark.gpu
 def test_no_weight_cache_inside_a_cuda_graph():
     """A captured call converts the weight inside the graph, so a replay after an in-place
