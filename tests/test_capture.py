@@ -6,6 +6,7 @@ import torch.nn as nn
 from torch._dynamo.testing import CompileCounter
 
 import dvn
+import dvn_kernels
 from dvn import VirtualNetworks, compile_configs, convert_to_sliced
 
 
@@ -157,3 +158,46 @@ def test_cuda_graphs_replay_every_configuration():
                 got = runner(x, task, level).clone()
                 torch.testing.assert_close(got, model(x, task=task, level=level), rtol=1e-3,
                                            atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_a_compiled_training_step_runs_each_pass_on_its_graph_choice():
+    """``auto`` under torch.compile trains with the backward's own graph choice, not the
+    forward backend's backward (on the H200 Triton's grad-weight pass then made level 1's
+    captured step slower than level 2's). Choices set by hand: Triton forward, slice + cuDNN
+    backward; the compiled step launches Triton's forward kernels and none of its backward
+    ones, and its gradients equal eager's."""
+    from dvn_kernels import backends
+    from dvn_kernels.choice import Choice
+    from dvn_kernels.triton import configs
+
+    chooser = backends.gpu_chooser()
+    saved = (dict(chooser._forward), dict(chooser._backward), chooser.measure)
+    torch.manual_seed(0)
+    model = dvn.wrn(8, 1, units=2, num_classes=5, input_sizes=16, backend="auto").cuda().train()
+    x = torch.randn(2, 3, 16, 16, device="cuda")
+    try:
+        dvn_kernels.set_auto_measure(False)  # the fixed order, remembered per convolution
+        model(x, task=1, level=1).sum().backward()
+        want = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        for key in chooser._forward:
+            if "triton" in chooser.candidates(key[0], x):
+                chooser._forward[key] = Choice("triton", "triton")
+        for key in chooser._backward:
+            chooser._backward[key] = Choice("reference", "reference")
+        model.zero_grad(set_to_none=True)
+        runner = compile_configs(model, backend="cudagraphs")
+        with configs.record_launches() as launches:
+            runner(x, 1, 1).sum().backward()
+        kernels = {launch.kernel for launch in launches}
+        assert "_fwd_kernel" in kernels, kernels
+        assert not {k for k in kernels if "grad" in k}, kernels
+        for name, grad in want.items():
+            torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad,
+                                       rtol=2e-2, atol=2e-2)
+    finally:
+        chooser._forward.clear()
+        chooser._forward.update(saved[0])
+        chooser._backward.clear()
+        chooser._backward.update(saved[1])
+        chooser.measure = saved[2]
