@@ -334,7 +334,7 @@ class Chooser:
                 bias is not None and bias.requires_grad))):
             return self.forwards[forward](plan, x, weight, bias)
         # The backward's own graph choice: the forward's backend's backward can be far slower
-        # (on an H200, Triton's grad-weight pass took 3-6x cuDNN's: a captured training step
+        # (on an H200, Triton's grad-weight pass took 2-6x cuDNN's: a captured training step
         # that ran it at level 1 was slower than level 2's).
         mask = (x.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
         backward = _cached_choice(*facts, mask)
