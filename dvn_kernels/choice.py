@@ -316,7 +316,7 @@ class Chooser:
         same = backward is not None and backward.pick(graph) == forward
         if same or plan.in_gather is not None or plan.out_gather is not None:
             return self.forwards[forward](plan, x, weight, bias)  # its own autograd
-        return _Paired.apply(self, key, mask, plan, forward, x, weight, bias)
+        return _Paired.apply(self, key, mask, plan, forward, None, x, weight, bias)
 
     def _traced(self, plan: ConvPlan, x: torch.Tensor, weight: torch.Tensor,
                 bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -342,7 +342,7 @@ class Chooser:
             backward = self.fixed(plan, x)
         if backward == forward or plan.in_gather is not None or plan.out_gather is not None:
             return self.forwards[forward](plan, x, weight, bias)  # its own autograd
-        return _TracedPair.apply(self, forward, backward, mask, plan, x, weight, bias)
+        return _Paired.apply(self, None, mask, plan, forward, backward, x, weight, bias)
 
     # Choosing.
 
@@ -493,42 +493,24 @@ def _cached_choice(chooser_id: int, plan_id: int, shape: tuple, dtype: torch.dty
     return None if choice is None else choice.graph
 
 
-class _TracedPair(torch.autograd.Function):
-    """Under torch.compile: one backend's forward with another's backward, both chosen when
-    the graph is traced (``Chooser._traced``)."""
-
-    @staticmethod
-    def forward(ctx, chooser: Chooser, forward: str, backward: str, mask: Mask, plan: ConvPlan,
-                x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
-                ) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.chooser, ctx.backward, ctx.mask, ctx.plan = chooser, backward, mask, plan
-        return chooser.forwards[forward](plan, x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        gx, gw, gb = ctx.chooser.backward_of(ctx.backward)(ctx.plan, grad_out, x, weight,
-                                                           ctx.mask)
-        return None, None, None, None, None, gx, gw, gb
-
-
 class _Paired(torch.autograd.Function):
-    """One backend's forward with another's backward (the backward chosen when it first runs)."""
+    """One backend's forward with another's backward: ``backward`` names it (chosen when a
+    graph is traced, ``Chooser._traced``), or None to choose it, measuring, when the backward
+    first runs (eager calls, which pass ``key``)."""
 
     @staticmethod
-    def forward(ctx, chooser: Chooser, key: tuple, mask: Mask, plan: ConvPlan, forward: str,
-                x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
-                ) -> torch.Tensor:
+    def forward(ctx, chooser: Chooser, key: Optional[tuple], mask: Mask, plan: ConvPlan,
+                forward: str, backward: Optional[str], x: torch.Tensor, weight: torch.Tensor,
+                bias: Optional[torch.Tensor]) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.chooser, ctx.key, ctx.mask, ctx.plan = chooser, key, mask, plan
+        ctx.chooser, ctx.key, ctx.mask, ctx.plan, ctx.backward = chooser, key, mask, plan, backward
         return chooser.forwards[forward](plan, x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, weight = ctx.saved_tensors
-        chooser, plan = ctx.chooser, ctx.plan
-        name = chooser.choose_backward(ctx.key, ctx.mask, plan, grad_out, x, weight)
+        chooser, plan, name = ctx.chooser, ctx.plan, ctx.backward
+        if name is None:
+            name = chooser.choose_backward(ctx.key, ctx.mask, plan, grad_out, x, weight)
         gx, gw, gb = chooser.backward_of(name)(plan, grad_out, x, weight, ctx.mask)
-        return None, None, None, None, None, gx, gw, gb
-
+        return None, None, None, None, None, None, gx, gw, gb

@@ -220,7 +220,7 @@ def test_traced_calls_pair_the_graph_choices_of_both_passes(tmp_path):
     ran.clear()
     y = chooser._traced(plan, p.x, p.weight, p.bias)
     check_against_oracle(p, y)
-    assert "TracedPair" in type(y.grad_fn).__name__
+    assert "Paired" in type(y.grad_fn).__name__
     assert ("masked", "forward") in ran and ("reference", "backward") in ran
     p2, plan2 = problem("one")  # never measured: the fixed order for both, one backend
     ran.clear()
