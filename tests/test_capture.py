@@ -201,3 +201,22 @@ def test_a_compiled_training_step_runs_each_pass_on_its_graph_choice():
         chooser._backward.clear()
         chooser._backward.update(saved[1])
         chooser.measure = saved[2]
+
+
+@pytest.mark.gpu
+def test_inference_configs_measure_auto_before_they_compile():
+    """A trace cannot measure: the first call of an inference configuration on a GPU runs it
+    eagerly once, so that the graph runs ``auto``'s measured graph choices."""
+    from dvn_kernels import backends
+
+    chooser = backends.gpu_chooser()
+    torch.manual_seed(0)
+    model = dvn.wrn(8, 1, units=2, num_classes=5, input_sizes=16, backend="auto").cuda().eval()
+    runner = compile_configs(model, backend="cudagraphs")
+    x = torch.randn(3, 3, 16, 16, device="cuda")  # a batch size no other test uses
+    seen = {key for key in chooser._forward if key[1][0] == 3}
+    with torch.no_grad():
+        got = runner(x, 1, 1).clone()
+        torch.testing.assert_close(got, model(x, task=1, level=1), rtol=1e-3, atol=1e-3)
+    measured = {key for key in chooser._forward if key[1][0] == 3} - seen
+    assert measured and all(key[4].type == "cuda" for key in measured)

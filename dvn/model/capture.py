@@ -94,7 +94,8 @@ class CompiledConfigs:
     and ``options`` go to ``torch.compile``; ``mode=None`` means "reduce-overhead" (CUDA graphs)
     for a model on a GPU and torch's default elsewhere. Works in train mode too (the backward is
     compiled by AOTAutograd). A configuration compiles on its first call (or ``warmup``);
-    concurrent inference calls are safe.
+    concurrent inference calls are safe. On a GPU an inference configuration first runs once
+    eagerly, so that ``auto`` measures its convolutions before the graph is traced.
     """
 
     def __init__(self, model: nn.Module, *, mode: Optional[str] = None,
@@ -155,11 +156,22 @@ class CompiledConfigs:
         return fn
 
     def __call__(self, x: torch.Tensor, task: int, level: int) -> torch.Tensor:
+        if x.is_cuda and not torch.is_grad_enabled() and (
+                task, level, False, self.model.training) not in self._compiled:
+            self._measure(x, task, level)
         fn = self.compiled(task, level)
         # Layers that read the selection from the context (a converted model's) read it once,
         # while tracing, and Dynamo cannot set it: it is set here, around the compiled call.
         with selected(self.networks.active(task, level)):
             return fn(x)
+
+    def _measure(self, x: torch.Tensor, task: int, level: int) -> None:
+        """One eager inference call before a configuration compiles on a GPU: ``auto`` then
+        measures each convolution's backends, and the trace runs their graph choices rather
+        than the fixed order (a trace cannot measure). Inference only: an eager training
+        step would move batch-norm statistics."""
+        with selected(self.networks.active(task, level)):
+            self.model(x, task=task, level=level)
 
     def warmup(self, example: torch.Tensor,
                configs: Optional[Iterable[tuple[int, int]]] = None) -> None:
