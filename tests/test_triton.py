@@ -424,3 +424,41 @@ def test_torch_compile_sees_the_triton_kernels():
     y, code = run_and_get_code(compiled, p.x.detach(), p.weight.detach(), p.bias.detach())
     assert "_fwd_kernel" in "\n".join(code)
     torch.testing.assert_close(y, run(p).detach())
+
+
+def test_autotuned_launches_replay_the_tuners_choice_without_its_key():
+    """After the first launch of a key, an eager launch of an autotuned kernel skips Triton's
+    Autotuner.run (whose per-call key costs tens of microseconds) and runs the configuration
+    it chose; a new key (another dtype here) goes through the autotuner again."""
+    import triton
+
+    from dvn_kernels.triton import configs
+
+    configs._TUNED.clear()
+    calls = []
+    real_run = triton.runtime.Autotuner.run
+
+    def counting_run(self, *args, **kwargs):
+        calls.append(self.base_fn.__name__)
+        return real_run(self, *args, **kwargs)
+
+    p = make_problem(*SEGMENT_LAYOUTS["two"], size=(5, 6))
+    want = oracle(p).float()
+    x, w, b = (t.detach().float().to(DEVICE) for t in (p.x, p.weight, p.bias))
+    triton.runtime.Autotuner.run = counting_run
+    try:
+        first = sliced_conv2d(x, w, b, backend="triton", in_segments=p.ins,
+                              out_segments=p.outs, **p.conv)
+        after_first = len(calls)
+        again = sliced_conv2d(x, w, b, backend="triton", in_segments=p.ins,
+                              out_segments=p.outs, **p.conv)
+        after_again = len(calls)
+        half = sliced_conv2d(x.half(), w.half(), b.half(), backend="triton",
+                             in_segments=p.ins, out_segments=p.outs, **p.conv)
+    finally:
+        triton.runtime.Autotuner.run = real_run
+    assert after_first >= 1 and after_again == after_first, calls
+    assert len(calls) > after_again  # float16: a key of its own
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    assert_near(first, want.double(), REL[torch.float32], "float32")
+    assert_near(half, want.double(), REL[torch.float16], "float16")

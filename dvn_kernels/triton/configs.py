@@ -13,6 +13,7 @@ import contextlib
 import functools
 import inspect
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -246,21 +247,79 @@ class _Recorded:
         return run
 
 
+class _Tuned:
+    """An autotuned kernel launched without Triton's per-call autotune key.
+
+    Triton's ``Autotuner.run`` (3.6 and 3.8) builds its cache key on every call by testing each
+    argument name against a list: about 2,500 comparisons for the forward kernel's ~50
+    arguments, 44 us a call on this project's 2-core Xeon. Here the first launch of each key
+    (the autotuned sizes and constexprs, and the tensors' dtypes: the autotuner's own key)
+    goes through the autotuner, which tunes or reads its cache; later ones replay the
+    configuration it chose, by the same call the autotuner makes (``fn.run`` with the
+    configuration's keywords). Configurations with a pre-hook always go through it."""
+
+    _lock = threading.Lock()  # a first launch reads the autotuner's best_config after it
+
+    def __init__(self, tuner: triton.runtime.Autotuner) -> None:
+        self.tuner = tuner
+        self.keys = tuple((tuner.arg_names.index(k), k) for k in tuner.keys)
+        self.chosen: dict[tuple, triton.Config] = {}
+
+    def key(self, args: tuple, kwargs: dict) -> tuple:
+        n = len(args)
+        sizes = tuple(args[i] if i < n else kwargs.get(name) for i, name in self.keys)
+        dtypes = tuple(a.dtype for a in args if isinstance(a, torch.Tensor))
+        return sizes, dtypes, tuple(v.dtype for v in kwargs.values()
+                                    if isinstance(v, torch.Tensor))
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            key = self.key(args, kwargs)
+            config = self.chosen.get(key)
+            if config is None:
+                with self._lock:
+                    out = self.tuner[grid](*args, **kwargs)
+                    config = self.tuner.best_config
+                if config.pre_hook is None:
+                    self.chosen[key] = config
+                return out
+            return self.tuner.fn.run(*args, grid=grid, warmup=False, **kwargs,
+                                     **config.all_kwargs())
+        return run
+
+
+_TUNED: dict[int, _Tuned] = {}  # id(autotuner) -> its _Tuned (the kernels live for good)
+
+
+def _tuned(kernel):
+    """``kernel``'s ``_Tuned`` launcher when it is an autotuner, else ``kernel``."""
+    if not isinstance(kernel, triton.runtime.Autotuner):
+        return kernel
+    tuned = _TUNED.get(id(kernel))
+    if tuned is None:
+        tuned = _TUNED[id(kernel)] = _Tuned(kernel)
+    return tuned
+
+
 def launcher(kernel, sample: torch.Tensor):
     """``wrap_triton(kernel)``: the launch torch.compile and fake tensors can trace.
 
-    Under the interpreter the ops are opaque custom ops (``op``), so the bare kernel is
-    launched: torch 2.11's wrap_triton rejects interpreted kernels, newer ones hand them back
-    unwrapped. The op's fake implementation is the same function, so a launch on fake or meta
-    tensors is skipped, as the real wrapper does under fake tensors. Within
+    Run eagerly (inside the ``triton_op``, where torch turns wrap_triton's tracing off), an
+    autotuned kernel launches through ``_Tuned``, without Triton's per-call key. Under the
+    interpreter the ops are opaque custom ops (``op``), so the kernel is launched directly
+    (through ``_Tuned`` too): torch 2.11's wrap_triton rejects interpreted kernels, newer ones
+    hand them back unwrapped. The op's fake implementation is the same function, so a launch
+    on fake or meta tensors is skipped, as the real wrapper does under fake tensors. Within
     ``record_launches`` the launch records itself.
     """
     if INTERPRET:
         if sample.device.type == "meta" or torch._subclasses.fake_tensor.is_fake(sample):
             return _Skip()
-        launch = kernel
+        launch = _tuned(kernel)
     elif _PRECOMPILING:
         launch = _Compile(kernel)
+    elif not torch._library.triton.is_wrap_triton_enabled():
+        launch = _tuned(kernel)
     else:
         launch = torch.library.wrap_triton(kernel)
     return launch if _RECORDING is None else _Recorded(launch, kernel)
