@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import dvn
+from dvn_kernels import backends
 from bench.timing import cudagraph_skips, time_side_by_side, write_results
 from dvn.host import machine
 
@@ -105,6 +106,11 @@ def run(names: list[str], levels: list[int] | None, batch: int | None, repeats: 
                        ms={c: t * 1e3 for c, t in times.items()})
             if runner is not None:
                 row["cudagraph_skips"] = skips
+            if device == "cuda" and backend == "auto":  # cumulative over the levels so far
+                row["auto_choices"] = backends.gpu_chooser().counts(batch=x.shape[0])
+                graph = {k: v for k, v in row["auto_choices"].items() if k.endswith("graph")}
+                log(f"# auto's graph choices after level {level} (convolutions per backend, "
+                    f"so far): {graph}")
             rows.append(row)
             log(format_row(row))
             for message in sorted(set(row.get("cudagraph_skips", []))):

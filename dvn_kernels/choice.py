@@ -415,6 +415,21 @@ class Chooser:
                 out[name], out[f"{name} graph"] = choice
         return out
 
+    def counts(self, batch: Optional[int] = None) -> dict[str, dict[str, int]]:
+        """How many convolutions run each backend, per pass and mode, as ``choices`` names
+        them (``"forward graph"`` -> {"reference": 12, "triton": 4}); with ``batch``, only
+        the convolutions seen with inputs of that batch size. For reports."""
+        out: dict[str, dict[str, int]] = {}
+        found = [("forward", key, choice) for key, choice in self._forward.items()]
+        found += [(f"backward {''.join(str(int(m)) for m in mask)}", key, choice)
+                  for (key, mask), choice in self._backward.items()]
+        for name, key, choice in found:
+            if batch is None or key[1][0] == batch:
+                for mode, backend in ((name, choice.eager), (f"{name} graph", choice.graph)):
+                    per = out.setdefault(mode, {})
+                    per[backend] = per.get(backend, 0) + 1
+        return out
+
     def backward_of(self, name: str) -> Backward:
         """Backend ``name``'s backward (by autograd through its forward when it has none)."""
         backward = self.backwards.get(name)

@@ -456,3 +456,18 @@ def test_cuda_timer_times_kernels_without_cached_weight_copies():
                warmup=2, repeats=5)
     assert allowed == [True] * 7 + [False] * 5
     assert weight_cache_allowed(w)
+
+
+def test_counts_report_the_backends_per_pass_and_mode(tmp_path):
+    timer = FakeTimer({("masked", "forward"): 0.1, ("reference", "backward"): 0.1})
+    chooser, _ = make_chooser(tmp_path, timer, names=["reference", "masked"], persist=False)
+    p, plan = problem()
+    y = chooser.conv2d(plan, p.x, p.weight, p.bias)
+    torch.autograd.grad(y.sum(), [p.x, p.weight, p.bias])
+    with torch.no_grad():
+        other, _ = problem(batch=3)  # another batch size: another convolution key
+        chooser.conv2d(plan, other.x, other.weight, other.bias)
+    assert chooser.counts(batch=p.x.shape[0]) == {
+        "forward": {"masked": 1}, "forward graph": {"masked": 1},
+        "backward 111": {"reference": 1}, "backward 111 graph": {"reference": 1}}
+    assert chooser.counts()["forward"] == {"masked": 2}
