@@ -41,6 +41,8 @@ import time
 
 import torch
 
+from .timing import quantile, write_results
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "results", "cpu-epyc-2core", "fmnist-joint", "results.json")
 
@@ -205,20 +207,17 @@ def summarize(records: list[dict], deadline_ms: float, acc: dict, b1: dict, span
     if ok and acc:
         out["mean_accuracy"] = statistics.fmean(acc[(r["task"], r["level"])] for r in ok)
     if ok:
-        e2e = sorted(r["e2e_ms"] for r in ok)
-        out["p50_ms"], out["p99_ms"] = e2e[len(e2e) // 2], e2e[min(len(e2e) - 1,
-                                                                   int(0.99 * len(e2e)))]
-        added = sorted(r["e2e_ms"] - b1[(r["task"], r["level"])] for r in ok
-                       if r.get("batch") == 1)
+        e2e = [r["e2e_ms"] for r in ok]
+        out["p50_ms"], out["p99_ms"] = quantile(e2e, .5), quantile(e2e, .99)
+        added = [r["e2e_ms"] - b1[(r["task"], r["level"])] for r in ok if r.get("batch") == 1]
         if added:
-            out["p99_added_ms_batch1"] = added[min(len(added) - 1, int(0.99 * len(added)))]
-            out["p50_added_ms_batch1"] = added[len(added) // 2]
+            out["p99_added_ms_batch1"] = quantile(added, .99)
+            out["p50_added_ms_batch1"] = quantile(added, .5)
             # the server's own part: its handler's arrival to the answer, minus the profile
-            inside = sorted(r["server_ms"] - b1[(r["task"], r["level"])] for r in ok
-                            if r.get("batch") == 1)
-            out["p99_server_added_ms_batch1"] = inside[min(len(inside) - 1,
-                                                           int(0.99 * len(inside)))]
-            out["p50_server_added_ms_batch1"] = inside[len(inside) // 2]
+            inside = [r["server_ms"] - b1[(r["task"], r["level"])] for r in ok
+                      if r.get("batch") == 1]
+            out["p99_server_added_ms_batch1"] = quantile(inside, .99)
+            out["p50_server_added_ms_batch1"] = quantile(inside, .5)
         out["mean_batch"] = statistics.fmean(r["batch"] for r in ok)
     return out
 
@@ -328,7 +327,6 @@ def main(argv=None) -> int:
             "load_average": os.getloadavg()}
     print(markdown(meta, rows))
     if a.json:
-        from bench.timing import write_results
         write_results(a.json, meta, rows)
     return 0
 

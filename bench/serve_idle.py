@@ -26,12 +26,7 @@ import urllib.request
 import torch
 
 from .serve import images, stand_in
-from .timing import cpu_meta, write_results
-
-
-def _quantile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
+from .timing import cpu_meta, quantile, write_results
 
 
 def server_rows(path: str, gaps_ms: list[float], requests: int) -> tuple[float, list[dict]]:
@@ -60,14 +55,14 @@ def server_rows(path: str, gaps_ms: list[float], requests: int) -> tuple[float, 
             queued = [q for _, q, _ in got]
             run = [a - q for a, q, _ in got]
             rows.append({"gap_ms": gap, "requests": len(got),
-                         "server_ms": {"p50": _quantile(server_ms, .5),
-                                       "p99": _quantile(server_ms, .99)},
-                         "queued_ms": {"p50": _quantile(queued, .5),
-                                       "p99": _quantile(queued, .99)},
-                         "run_ms": {"p50": _quantile(run, .5), "p99": _quantile(run, .99)},
+                         "server_ms": {"p50": quantile(server_ms, .5),
+                                       "p99": quantile(server_ms, .99)},
+                         "queued_ms": {"p50": quantile(queued, .5),
+                                       "p99": quantile(queued, .99)},
+                         "run_ms": {"p50": quantile(run, .5), "p99": quantile(run, .99)},
                          "added_ms_in_server": {
-                             "p50": _quantile(server_ms, .5) - top["latency_ms_b1"],
-                             "p99": _quantile(server_ms, .99) - top["latency_ms_b1"]}})
+                             "p50": quantile(server_ms, .5) - top["latency_ms_b1"],
+                             "p99": quantile(server_ms, .99) - top["latency_ms_b1"]}})
         return top["latency_ms_b1"], rows
     finally:
         server.stop()
@@ -107,7 +102,7 @@ def forward_rows(path: str, gaps_ms: list[float], calls: int) -> list[dict]:
                     t0 = time.perf_counter()
                     forward()
                     times.append((time.perf_counter() - t0) * 1e3)
-                row[name] = {"p50": _quantile(times[3:], .5), "p90": _quantile(times[3:], .9)}
+                row[name] = {"p50": quantile(times[3:], .5), "p90": quantile(times[3:], .9)}
             rows.append(row)
     finally:
         dep.close()

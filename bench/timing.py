@@ -34,6 +34,13 @@ def time_side_by_side(fns: Mapping[str, Callable[[], object]], *, repeats: int =
                         settle=settle, order="shuffle")
 
 
+def quantile(values, q: float) -> float:
+    """The ``q`` quantile of ``values`` (the sorted value at index ``int(q * n)``, clamped):
+    what the serving benchmarks report as p50 and p99."""
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
 # torch logs "skipping cudagraphs due to ..." on this artifact logger, off unless TORCH_LOGS
 # names it; the compiled function then runs without CUDA graphs.
 _CUDAGRAPH_LOG = "torch._inductor.cudagraph_utils.__cudagraphs"

@@ -156,10 +156,12 @@ class CompiledConfigs:
         return fn
 
     def __call__(self, x: torch.Tensor, task: int, level: int) -> torch.Tensor:
-        if x.is_cuda and not torch.is_grad_enabled() and (
-                task, level, False, self.model.training) not in self._compiled:
-            self._measure(x, task, level)
-        fn = self.compiled(task, level)
+        fn = self._compiled.get((task, level, torch.is_grad_enabled(), self.model.training))
+        if fn is None:
+            if x.is_cuda and not torch.is_grad_enabled():
+                self.networks.check(task, level)  # its error, not the model's
+                self._measure(x, task, level)
+            fn = self.compiled(task, level)
         # Layers that read the selection from the context (a converted model's) read it once,
         # while tracing, and Dynamo cannot set it: it is set here, around the compiled call.
         with selected(self.networks.active(task, level)):
