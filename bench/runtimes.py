@@ -54,8 +54,15 @@ def _randomise_bn(model: torch.nn.Module) -> None:
                 buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
 
 
+#: dvn's runtimes that ``--runtimes`` can pick (each timed beside a plain ORT session)
+RUNTIMES = ("sliced", "torch", "onnxruntime", "compiled")
+
+
 def bench_net(name: str, folder: str, threads: list[int], batches: list[int], repeats: int,
-              compiled: bool, say) -> list[dict]:
+              compiled: bool, say, only: tuple[str, ...] = RUNTIMES) -> list[dict]:
+    """Rows of ``name``'s levels; ``only``: the runtimes timed beside plain ORT (``compiled``
+    also needs ``compiled``)."""
+    compiled = compiled and "compiled" in only
     torch.manual_seed(0)
     model = NETS[name]().eval()
     _randomise_bn(model)
@@ -89,44 +96,60 @@ def bench_net(name: str, folder: str, threads: list[int], batches: list[int], re
                        "plain_ort": lambda: plain.run(None, {"x": xn})}
                 if compiled and b == 1:
                     fns["compiled"] = lambda: run["compiled"](x)
+                fns = {k_: f for k_, f in fns.items() if k_ in only or k_ == "plain_ort"}
+                if len(fns) == 1:
+                    continue  # only compiled asked for, and it runs at batch 1 only
                 reps = repeats if b == 1 else max(3, repeats // 8)
                 say(f"{name} level {level}, {n} thread(s), batch {b}: {reps} rounds")
                 with torch.no_grad():
                     med = time_side_by_side(fns, repeats=reps, warmup=2)
                 ms = {k_: 1e3 * v for k_, v in med.items()}
-                dvn_best = min((rt for rt in ms if rt not in ("sliced", "plain_ort")),
-                               key=ms.get)
-                rows.append({"net": name, "level": level, "threads": n, "batch": b,
-                             "rounds": reps, "ms": ms, "dvn_fastest": dvn_best,
-                             "fastest_over_plain_ort": ms[dvn_best] / ms["plain_ort"],
-                             "sliced_over_static": ms["sliced"] / ms["torch"]})
+                row = {"net": name, "level": level, "threads": n, "batch": b,
+                       "rounds": reps, "ms": ms}
+                dvn_rts = [rt for rt in ms if rt not in ("sliced", "plain_ort")]
+                if dvn_rts:
+                    best = min(dvn_rts, key=ms.get)
+                    row.update(dvn_fastest=best,
+                               fastest_over_plain_ort=ms[best] / ms["plain_ort"])
+                if "sliced" in ms and "torch" in ms:
+                    row["sliced_over_static"] = ms["sliced"] / ms["torch"]
+                rows.append(row)
     for r in rows:
-        top = next(t for t in rows if t["net"] == r["net"] and t["level"] == k
-                   and t["threads"] == r["threads"] and t["batch"] == r["batch"])
-        if r["level"] == 1:
+        top = next((t for t in rows if t["net"] == r["net"] and t["level"] == k
+                    and t["threads"] == r["threads"] and t["batch"] == r["batch"]), None)
+        if r["level"] == 1 and top is not None:
             r["level1_speedup"] = {rt: top["ms"][rt] / r["ms"][rt] for rt in r["ms"]}
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
+    """The rows as two tables; a runtime or ratio not measured reads "-"."""
+    def ms(r, rt):
+        return f"{r['ms'][rt]:.2f}" if rt in r["ms"] else "-"
+
+    def ratio(x):
+        return "-" if x is None else f"{x:.2f}"
     lines = ["| net | threads | batch | level | sliced ms | torch ms | compiled ms | "
-             "onnxruntime ms | plain ORT ms | dvn fastest / plain ORT | sliced / static |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "onnxruntime ms | plain ORT ms | dvn fastest / plain ORT | compiled / plain ORT | "
+             "sliced / static |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["ms"]
-        c = f"{m['compiled']:.2f}" if "compiled" in m else "-"
+        fastest = (f"{r['fastest_over_plain_ort']:.2f} ({r['dvn_fastest']})"
+                   if "dvn_fastest" in r else "-")
+        comp = m["compiled"] / m["plain_ort"] if "compiled" in m else None
         lines.append(f"| {r['net']} | {r['threads']} | {r['batch']} | {r['level']} | "
-                     f"{m['sliced']:.2f} | {m['torch']:.2f} | {c} | {m['onnxruntime']:.2f} | "
-                     f"{m['plain_ort']:.2f} | {r['fastest_over_plain_ort']:.2f} "
-                     f"({r['dvn_fastest']}) | {r['sliced_over_static']:.2f} |")
+                     + " | ".join(ms(r, rt) for rt in (*RUNTIMES[:2], "compiled",
+                                                       "onnxruntime", "plain_ort"))
+                     + f" | {fastest} | {ratio(comp)} | {ratio(r.get('sliced_over_static'))} |")
     lines += ["", "| net | threads | batch | level-1 speedup over the top level: " +
-              " / ".join(["sliced", "torch", "onnxruntime", "plain ORT"]) + " |",
+              " / ".join(["sliced", "torch", "compiled", "onnxruntime", "plain ORT"]) + " |",
               "|---|---|---|---|"]
     for r in rows:
         if "level1_speedup" in r:
-            s = r["level1_speedup"]
+            sp = r["level1_speedup"]
             lines.append(f"| {r['net']} | {r['threads']} | {r['batch']} | " + " / ".join(
-                f"{s[k]:.1f}x" for k in ("sliced", "torch", "onnxruntime", "plain_ort")) + " |")
+                f"{sp[k]:.1f}x" if k in sp else "-"
+                for k in ("sliced", "torch", "compiled", "onnxruntime", "plain_ort")) + " |")
     return "\n".join(lines)
 
 
@@ -138,13 +161,20 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=30, help="rounds at batch 1 (an eighth, "
                    "at least 3, at larger batches)")
     p.add_argument("--compiled", action="store_true", help="also torch.compile (batch 1)")
+    p.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=list(RUNTIMES),
+                   help="time only these beside plain ORT (default: all; compiled needs "
+                   "--compiled): fewer runtimes in a round, less that each call's caches and "
+                   "threads inherit from the others")
     p.add_argument("--json", help="write the rows here")
     a = p.parse_args(argv)
+    if a.runtimes == ["compiled"] and not a.compiled:
+        p.error("--runtimes: compiled is timed only with --compiled")
     say = lambda m: print(f"  {m}", file=sys.stderr, flush=True)  # noqa: E731
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for net in a.nets:
-            rows += bench_net(net, folder, a.threads, a.batches, a.repeats, a.compiled, say)
+            rows += bench_net(net, folder, a.threads, a.batches, a.repeats, a.compiled, say,
+                              tuple(a.runtimes))
     print(markdown(rows))
     if a.json:
         import onnxruntime

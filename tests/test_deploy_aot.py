@@ -18,6 +18,8 @@ def test_gemm_conv_equals_the_convolution(cin, cout, k, stride, padding, bias):
     conv = nn.Conv2d(cin, cout, k, stride, padding, bias=bias)
     gemm = aot.GemmConv(conv)
     assert gemm.channels_last == (cin >= aot.CHANNELS_LAST_FROM)
+    kh, kw = conv.kernel_size
+    assert gemm.weight.shape == (cin * kh * kw, cout)  # (K, N): MKL's NN kernel
     for shape in [(1, cin, 11, 9), (3, cin, 8, 8)]:
         x = torch.randn(shape)
         with torch.no_grad():
@@ -92,3 +94,53 @@ def test_direct_entry_is_used_only_when_it_answers_like_the_public_call():
     assert aot._direct(differs, x) is differs
     tupled = _Package(lambda t: (t, t), lambda t: t)
     assert aot._direct(tupled, x) is tupled
+
+
+_ORDER_SCRIPT = r"""
+import sys, zipfile
+import torch
+import torch.nn as nn
+from dvn.deploy import aot
+
+sources = []
+compile_package = torch._inductor.aoti_compile_and_package
+
+def keep_source(*args, **kwargs):
+    path = compile_package(*args, **kwargs)
+    with zipfile.ZipFile(path) as z:
+        sources.append("".join(z.read(n).decode() for n in z.namelist()
+                               if n.endswith("wrapper.cpp")))
+    return path
+
+torch._inductor.aoti_compile_and_package = keep_source
+torch.manual_seed(0)
+x = torch.randn(1, 8, 32, 32)
+gemms = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()).eval()
+convs = nn.Sequential(nn.Conv2d(8, 64, 3, padding=1), nn.ReLU(),
+                      nn.Conv2d(64, 64, 3, padding=1), nn.ReLU()).eval()
+for net in (gemms, convs, gemms):
+    run = aot.aot_capture(net, x)
+    with torch.no_grad():
+        torch.testing.assert_close(run(x), net(x), atol=1e-4, rtol=1e-4)
+for src in sources:
+    print(src.count("mkldnn__convolution_pointwise"), src.count("aoti_torch_cpu_convolution("),
+          src.count("linear_pointwise"), src.count("mm_out("))
+"""
+
+
+def test_each_level_compiles_alike_whatever_was_compiled_before():
+    """Inductor registers its weight-packing patterns at the first compilation with freezing of
+    a process. A GEMM level, then a convolution level, then a GEMM level again, in a fresh
+    process: the convolutions are prepacked for oneDNN, and neither GEMM level's GEMMs are."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _ORDER_SCRIPT], cwd=root, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = [tuple(map(int, line.split())) for line in out.stdout.splitlines()]
+    gemm1, conv, gemm2 = counts
+    assert conv[:2] == (2, 0), counts      # two prepacked oneDNN convolutions, no ATen one
+    for g in (gemm1, gemm2):
+        assert g[:3] == (0, 0, 0) and g[3] >= 1, counts  # MKL's GEMM, no oneDNN linear

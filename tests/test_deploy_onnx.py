@@ -310,3 +310,15 @@ def test_a_folder_with_one_unreadable_image(unit, tmp_path, capsys):
     assert errors == [f"dvn infer: error: images: cannot read {folder / 'img1.png'} as an "
                       f"image (cannot identify image file '{folder / 'img1.png'}')"]
     assert "1 of 3 images could not be read" in got.err
+
+
+def test_runtimes_table_reads_a_dash_for_what_was_not_timed():
+    """``bench.runtimes --runtimes compiled``: rows with only compiled and plain ORT."""
+    from bench.runtimes import markdown
+    rows = [{"net": "n", "level": lv, "threads": 1, "batch": 1, "rounds": 3,
+             "ms": {"compiled": 2.0 * lv, "plain_ort": 1.6 * lv}, "dvn_fastest": "compiled",
+             "fastest_over_plain_ort": 1.25} for lv in (1, 2)]
+    rows[0]["level1_speedup"] = {"compiled": 2.0, "plain_ort": 2.0}
+    table = markdown(rows)
+    assert "| n | 1 | 1 | 1 | - | - | 2.00 | - | 1.60 | 1.25 (compiled) | 1.25 | - |" in table
+    assert "| n | 1 | 1 | - / - / 2.0x / - / 2.0x |" in table

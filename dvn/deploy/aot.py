@@ -50,8 +50,14 @@ COMPILING = threading.Lock()
 
 
 class GemmConv(nn.Module):
-    """``conv`` (ungrouped, undilated, zero padding) as im2col and a linear layer, channels
-    last inside: the same function, in a form whose pieces Inductor fuses and compiles."""
+    """``conv`` (ungrouped, undilated, zero padding) as im2col and a GEMM, channels last
+    inside: the same function, in a form whose pieces Inductor fuses and compiles.
+
+    The weight is held as the GEMM's (K, N) right-hand matrix, so that MKL runs its NN kernel.
+    Held (N, K), as ``F.linear`` takes it, MKL ran its TN kernel: ResNet-42 level 1's 39 GEMMs
+    (pixels x 9 channels x channels) took 1.47 ms warm and 1.96 ms with each layer's own
+    weight (as in the network), against 1.12 and 1.69 ms NN; the level's compiled call 2.05-2.26
+    against 2.30-2.52 ms, interleaved with ONNX Runtime (2-core Xeon, one thread)."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
@@ -64,7 +70,9 @@ class GemmConv(nn.Module):
         w = conv.weight.detach()
         if self.channels_last:  # (out, kh, kw, in)
             w = w.permute(0, 2, 3, 1)
-        self.weight = nn.Parameter(w.reshape(w.shape[0], -1).contiguous(), requires_grad=False)
+        # held (K, N): the GEMM is then MKL's NN kernel, not TN (see the class doc)
+        self.weight = nn.Parameter(w.reshape(w.shape[0], -1).t().contiguous(),
+                                   requires_grad=False)
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(),
                                                                 requires_grad=False)
 
@@ -82,7 +90,7 @@ class GemmConv(nn.Module):
             ho, wo = patches.shape[2], patches.shape[3]
             order = (0, 2, 3, 4, 5, 1) if self.channels_last else (0, 2, 3, 1, 4, 5)
             cols = patches.permute(*order).reshape(n * ho * wo, -1)
-        y = F.linear(cols, self.weight, self.bias)
+        y = cols @ self.weight if self.bias is None else torch.addmm(self.bias, cols, self.weight)
         return y.view(n, ho, wo, -1).permute(0, 3, 1, 2)
 
 
@@ -121,14 +129,20 @@ def gemm_convs(module: nn.Module, example: torch.Tensor) -> nn.Module:
 
 
 def _inductor_options(gemms: bool) -> dict:
-    """Freezing on; for a level of GEMMs, weight prepacking off: Inductor then calls MKL's
-    GEMM directly (``mm``/``addmm``), where prepacked oneDNN linear layers cost host work in
-    every call (WRN-14-2 level 1: 356 us against 508 us; autotuning between Inductor's C++ GEMM
-    template and MKL's prepacked GEMM: 397 us and four times the compile time)."""
-    options = {"freezing": True}
-    if gemms:
-        options["cpp.weight_prepack"] = False
-    return options
+    """A level of convolutions compiles with freezing, which prepacks their weights for
+    oneDNN. A level of GEMMs compiles without it: freezing would have nothing to fold there
+    (batch norms are folded, weights laid out in ``GemmConv``), and its weight packing made
+    oneDNN linear layers that cost host work in every call (WRN-14-2 level 1: 508 us against
+    356 us calling MKL's GEMM).
+
+    Not ``cpp.weight_prepack=False`` for the GEMM levels, as before: Inductor registers its
+    packing patterns once per process, at the first compilation with freezing, only if
+    prepacking is on then, and applies them whatever the setting later. So a GEMM level
+    compiled first left every later convolution level unpacked (ResNet-42 level 4: 41 ATen
+    convolutions instead of 41 prepacked oneDNN ones, 1.29-1.31x ONNX Runtime against
+    1.20-1.22x, one thread), and a convolution level compiled first made every later GEMM
+    level's GEMMs oneDNN linear layers."""
+    return {"freezing": not gemms}
 
 
 def aot_capture(module: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor],
