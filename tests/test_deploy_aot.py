@@ -85,63 +85,15 @@ class _Package:
         return self.public(x)
 
 
-def test_direct_entry_is_used_only_when_it_answers_like_the_public_call(monkeypatch):
-    """dvn_kernels' boxed entry first (GIL released), torch's loader's next, else the public
-    call."""
+def test_direct_entry_is_used_only_when_it_answers_like_the_public_call():
     x = torch.randn(1, 2, 3, 3)
-    ours = {"fn": None}
-    monkeypatch.setattr(aot.dvn_kernels.aoti, "load_package", lambda path: ours["fn"])
-    same = _Package(lambda t: t * 2, lambda t: t * 3)
-    ours["fn"] = lambda inputs: [inputs[0] * 2]
-    run = aot._direct(same, x, "level.pt2")
-    assert run is not same and torch.equal(run(x), x * 2)
-    ours["fn"] = None  # the extension not loaded: torch's boxed entry
     same = _Package(lambda t: t * 2, lambda t: t * 2)
-    run = aot._direct(same, x, "level.pt2")
+    run = aot._direct(same, x)
     assert run is not same and torch.equal(run(x), x * 2)
     differs = _Package(lambda t: t * 2, lambda t: t * 3)
-    ours["fn"] = lambda inputs: [inputs[0] * 4]
-    assert aot._direct(differs, x, "level.pt2") is differs
+    assert aot._direct(differs, x) is differs
     tupled = _Package(lambda t: (t, t), lambda t: t)
-    assert aot._direct(tupled, x, "level.pt2") is tupled
-
-
-def test_a_compiled_level_runs_without_the_gil():
-    """While one thread runs a compiled level (about 40 ms here), another thread's Python goes
-    on: torch's own package loader held the GIL for the whole call."""
-    import sys
-    import threading
-    import time
-    import dvn_kernels
-    if not dvn_kernels.build_info()["loaded"]:
-        pytest.skip("dvn_kernels' extension is not built")
-    torch.manual_seed(0)
-    net = nn.Sequential(*[nn.Conv2d(128, 128, 3, padding=1) for _ in range(4)]).eval()
-    x = torch.randn(1, 128, 64, 64)
-    run = aot.aot_capture(net, x)
-    with torch.no_grad():
-        torch.testing.assert_close(run(x), net(x), atol=1e-3, rtol=1e-3)
-    threads = torch.get_num_threads()
-    interval = sys.getswitchinterval()
-    torch.set_num_threads(1)
-    sys.setswitchinterval(0.001)
-    try:
-        started = time.perf_counter()
-        run(x)
-        call_s = time.perf_counter() - started
-        worker = threading.Thread(target=lambda: [run(x) for _ in range(3)])
-        last, gaps = time.perf_counter(), []
-        worker.start()
-        while worker.is_alive():
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-        worker.join()
-    finally:
-        torch.set_num_threads(threads)
-        sys.setswitchinterval(interval)
-    # held for a call, the longest gap would be the call itself
-    assert max(gaps) < 0.5 * call_s, (max(gaps), call_s)
+    assert aot._direct(tupled, x) is tupled
 
 
 _ORDER_SCRIPT = r"""

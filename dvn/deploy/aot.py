@@ -35,8 +35,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import dvn_kernels.aoti
-
 #: convolutions with at most this many multiply-adds per image run as a GEMM. Measured at batch
 #: 1, one thread (Intel Xeon): WRN-14-2's convolutions (up to 7.2 M) were faster as GEMMs,
 #: ResNet-42 level 4's (38 M) slower than oneDNN's.
@@ -163,8 +161,7 @@ def aot_capture(module: nn.Module, example: torch.Tensor) -> Callable[[torch.Ten
             program, package_path=os.path.join(folder, "level.pt2"),
             inductor_configs=_inductor_options(gemms))
         runner = torch._inductor.aoti_load_package(package)
-        run = _direct(runner, example, package)
-        del runner  # only ``run`` is kept: one copy of the weights
+        run = _direct(runner, example)
     shape = tuple(example.shape)
 
     def call(x: torch.Tensor) -> torch.Tensor:
@@ -175,21 +172,14 @@ def aot_capture(module: nn.Module, example: torch.Tensor) -> Callable[[torch.Ten
     return call
 
 
-def _direct(runner, example: torch.Tensor, package: str) -> Callable[[torch.Tensor],
-                                                                     torch.Tensor]:
-    """The package's boxed entry, without the public call's pytree round trip (20 us a call of
+def _direct(runner, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The loaded package's entry called without its pytree round trip (20 us a call of
     WRN-14-2 level 1's 390 us), when its answer on ``example`` is the public call's; else the
-    public call. The boxed entry is ``dvn_kernels``' (``dvn_kernels.aoti``: the GIL released
-    while the level runs, so other threads go on) where the extension is loaded, else torch's
-    loader's (which holds the GIL)."""
+    public call."""
     public = runner(example)
-    if not isinstance(public, torch.Tensor):
-        return runner
     loader = getattr(runner, "loader", None)
-    for boxed in (dvn_kernels.aoti.load_package(package), getattr(loader, "boxed_run", None)):
-        if boxed is None:
-            continue
-        out = boxed([example])
+    if isinstance(public, torch.Tensor) and hasattr(loader, "boxed_run"):
+        out = loader.boxed_run([example])
         if len(out) == 1 and torch.equal(out[0], public):
-            return lambda x, boxed=boxed: boxed([x])[0]
+            return lambda x: loader.boxed_run([x])[0]
     return runner
