@@ -10,12 +10,14 @@ level 1.9-2.6x ONNX Runtime. Here:
 
 * In a level whose convolutions are all small and plain, each becomes a GEMM (``GemmConv``): an
   im2col that Inductor fuses with the batch norm and ReLU before it, then MKL's GEMM on the
-  frozen weights, the bias and what follows fused into the next generated kernel. A level with
+  level's weights, the bias and what follows fused into the next generated kernel. A level with
   a large one (more than ``GEMM_MACS`` multiply-adds, where oneDNN's direct convolution is
   faster) or a grouped or dilated one keeps all its convolutions (oneDNN, prepacked, ReLU and
   add fused).
-* The graph is exported (``torch.export``) and compiled with AOTInductor, weights frozen in: a
-  call is one C++ entry, without Dynamo's guards or the Python wrapper between kernels.
+* The graph is exported (``torch.export``) and compiled with AOTInductor, the weights held in
+  the package (frozen, and prepacked for oneDNN, in a level of convolutions): a call is one C++
+  entry, without Dynamo's guards or the Python wrapper between kernels. It holds the GIL while
+  it runs (torch's package loader does).
 
 The compiled kernels use the thread count torch has when the level is compiled. Compiling takes
 about 10 s a level here: it happens once, when the level is loaded. Compiled
