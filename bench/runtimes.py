@@ -86,7 +86,8 @@ def bench_net(name: str, folder: str, threads: list[int], batches: list[int], re
             so.intra_op_num_threads = n
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             plain = ort.InferenceSession(plain_file, so, providers=["CPUExecutionProvider"])
-            dvn_ort = runtimes.load(path, 1, level, "onnxruntime")  # this thread count
+            dvn_ort = (runtimes.load(path, 1, level, "onnxruntime")  # this thread count
+                       if "onnxruntime" in only else None)
             for b in batches:
                 x = torch.randn(b, ch, size, size)
                 xn = x.numpy()
@@ -138,7 +139,7 @@ def markdown(rows: list[dict]) -> str:
                    if "dvn_fastest" in r else "-")
         comp = m["compiled"] / m["plain_ort"] if "compiled" in m else None
         lines.append(f"| {r['net']} | {r['threads']} | {r['batch']} | {r['level']} | "
-                     + " | ".join(ms(r, rt) for rt in (*RUNTIMES[:2], "compiled",
+                     + " | ".join(ms(r, rt) for rt in ("sliced", "torch", "compiled",
                                                        "onnxruntime", "plain_ort"))
                      + f" | {fastest} | {ratio(comp)} | {ratio(r.get('sliced_over_static'))} |")
     lines += ["", "| net | threads | batch | level-1 speedup over the top level: " +
