@@ -17,7 +17,9 @@ side in one process (``bench.timing.time_side_by_side``: shuffled rounds, median
   (``session.intra_op.allow_spinning`` = 0), so both sides get the same cores.
 
 Reported: medians in ms, dvn's fastest runtime / plain ORT, sliced / torch (static), and level
-1's speedup over the top level for each runtime.
+1's speedup over the top level for each runtime. With ``--runs N``, the whole measurement N
+times (each run compiles and loads again): each ratio's median over the runs and its range
+(``summarise``), since single runs here disagree by up to 0.1 in a ratio.
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ def bench_net(name: str, folder: str, threads: list[int], batches: list[int], re
                     best = min(dvn_rts, key=ms.get)
                     row.update(dvn_fastest=best,
                                fastest_over_plain_ort=ms[best] / ms["plain_ort"])
+                if "compiled" in ms:
+                    row["compiled_over_plain_ort"] = ms["compiled"] / ms["plain_ort"]
                 if "sliced" in ms and "torch" in ms:
                     row["sliced_over_static"] = ms["sliced"] / ms["torch"]
                 rows.append(row)
@@ -123,25 +127,70 @@ def bench_net(name: str, folder: str, threads: list[int], batches: list[int], re
     return rows
 
 
+#: the ratios a row carries, summarised across runs (median, and min-max as ``spread``)
+RATIOS = ("fastest_over_plain_ort", "compiled_over_plain_ort", "sliced_over_static")
+
+
+def summarise(runs: list[list[dict]]) -> list[dict]:
+    """One row per (net, level, threads, batch) over whole runs of ``bench_net``: each
+    runtime's median ms, each ratio's median over the runs with its ``spread`` (min, max),
+    ``dvn_fastest`` the runtime fastest in most runs, the medians of level 1's speedups, and
+    each run's ms (``per_run_ms``).
+    A ratio is taken per run (both sides timed in that run's rounds), then summarised."""
+    groups: dict[tuple, list[dict]] = {}
+    for rows in runs:
+        for r in rows:
+            groups.setdefault((r["net"], r["level"], r["threads"], r["batch"]), []).append(r)
+    out = []
+    for (net, level, threads, batch), rs in groups.items():
+        row = {"net": net, "level": level, "threads": threads, "batch": batch,
+               "rounds": rs[0]["rounds"], "runs": len(rs),
+               "ms": {rt: statistics.median(r["ms"][rt] for r in rs)
+                      for rt in rs[0]["ms"] if all(rt in r["ms"] for r in rs)},
+               "spread": {}, "per_run_ms": [r["ms"] for r in rs]}
+        for name in RATIOS:
+            values = [r[name] for r in rs if name in r]
+            if values:
+                row[name] = statistics.median(values)
+                row["spread"][name] = [min(values), max(values)]
+        fastest = [r["dvn_fastest"] for r in rs if "dvn_fastest" in r]
+        if fastest:
+            row["dvn_fastest"] = max(sorted(set(fastest)), key=fastest.count)
+        speedups = [r["level1_speedup"] for r in rs if "level1_speedup" in r]
+        if speedups:
+            row["level1_speedup"] = {rt: statistics.median(sp[rt] for sp in speedups)
+                                     for rt in speedups[0]
+                                     if all(rt in sp for sp in speedups)}
+        out.append(row)
+    return out
+
+
 def markdown(rows: list[dict]) -> str:
-    """The rows as two tables; a runtime or ratio not measured reads "-"."""
+    """The rows as two tables; a runtime or ratio not measured reads "-"; a row summarised
+    over several runs (``summarise``) gives each ratio's median with its range."""
     def ms(r, rt):
         return f"{r['ms'][rt]:.2f}" if rt in r["ms"] else "-"
 
-    def ratio(x):
-        return "-" if x is None else f"{x:.2f}"
+    def ratio(r, name):
+        value = r.get(name)
+        if value is None and name == "compiled_over_plain_ort" and "compiled" in r["ms"]:
+            value = r["ms"]["compiled"] / r["ms"]["plain_ort"]  # rows written before the field
+        if value is None:
+            return "-"
+        lo_hi = r.get("spread", {}).get(name)
+        return f"{value:.2f}" + (f" ({lo_hi[0]:.2f}-{lo_hi[1]:.2f})"
+                                 if lo_hi and r.get("runs", 1) > 1 else "")
     lines = ["| net | threads | batch | level | sliced ms | torch ms | compiled ms | "
              "onnxruntime ms | plain ORT ms | dvn fastest / plain ORT | compiled / plain ORT | "
              "sliced / static |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        m = r["ms"]
-        fastest = (f"{r['fastest_over_plain_ort']:.2f} ({r['dvn_fastest']})"
+        fastest = (f"{ratio(r, 'fastest_over_plain_ort')} ({r['dvn_fastest']})"
                    if "dvn_fastest" in r else "-")
-        comp = m["compiled"] / m["plain_ort"] if "compiled" in m else None
         lines.append(f"| {r['net']} | {r['threads']} | {r['batch']} | {r['level']} | "
                      + " | ".join(ms(r, rt) for rt in ("sliced", "torch", "compiled",
                                                        "onnxruntime", "plain_ort"))
-                     + f" | {fastest} | {ratio(comp)} | {ratio(r.get('sliced_over_static'))} |")
+                     + f" | {fastest} | {ratio(r, 'compiled_over_plain_ort')} | "
+                     f"{ratio(r, 'sliced_over_static')} |")
     lines += ["", "| net | threads | batch | level-1 speedup over the top level: " +
               " / ".join(["sliced", "torch", "compiled", "onnxruntime", "plain ORT"]) + " |",
               "|---|---|---|---|"]
@@ -166,20 +215,31 @@ def main(argv=None) -> int:
                    help="time only these beside plain ORT (default: all; compiled needs "
                    "--compiled): fewer runtimes in a round, less that each call's caches and "
                    "threads inherit from the others")
+    p.add_argument("--runs", type=int, default=1, help="whole runs (each compiles and "
+                   "loads again); more than one: each ratio's median over the runs and its "
+                   "range (this machine's run-to-run spread is about 5%%)")
     p.add_argument("--json", help="write the rows here")
     a = p.parse_args(argv)
     if a.runtimes == ["compiled"] and not a.compiled:
         p.error("--runtimes: compiled is timed only with --compiled")
+    if a.runs < 1:
+        p.error(f"--runs: expected at least 1, got {a.runs}")
     say = lambda m: print(f"  {m}", file=sys.stderr, flush=True)  # noqa: E731
-    rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        for net in a.nets:
-            rows += bench_net(net, folder, a.threads, a.batches, a.repeats, a.compiled, say,
-                              tuple(a.runtimes))
+    runs = []
+    for i in range(a.runs):
+        if a.runs > 1:
+            say(f"run {i + 1} of {a.runs}")
+        rows = []
+        with tempfile.TemporaryDirectory() as folder:
+            for net in a.nets:
+                rows += bench_net(net, folder, a.threads, a.batches, a.repeats, a.compiled,
+                                  say, tuple(a.runtimes))
+        runs.append(rows)
+    rows = runs[0] if a.runs == 1 else summarise(runs)
     print(markdown(rows))
     if a.json:
         import onnxruntime
-        write_results(a.json, cpu_meta("bench.runtimes", argv,
+        write_results(a.json, cpu_meta("bench.runtimes", argv, runs=a.runs,
                                        onnxruntime=onnxruntime.__version__), rows)
     return 0
 

@@ -10,9 +10,11 @@ Two measurements on the small stand-in of ``bench.serve`` (WRN-14-2, k = 2), one
   parsing, the hand-off to the batcher) and their difference, the batch's run (stack, forward,
   softmax). The level's profiled batch-1 latency (``GET /v1/models``, measured back to back
   at start-up) is the baseline "added" latency is counted from.
-* the forward alone in this process, after the same gaps spent three ways: sleeping, spinning
-  with ``time.sleep(0)`` (GIL released) and spinning hot, to tell a core that went to sleep
-  (spinning would help) from caches gone cold (it would not).
+* the forward alone in this process, after the same gaps spent five ways: sleeping, spinning
+  with ``time.sleep(0)`` (GIL released), spinning hot, reading every weight the deployment
+  holds every 2 ms, and running level 1's forward every 5 ms. A core gone to sleep would be
+  helped by spinning; weights gone from the caches, by reading them; the code path gone cold
+  (instructions, branch predictors, the host side of each op), only by running it.
 """
 
 from __future__ import annotations
@@ -87,8 +89,31 @@ def forward_rows(path: str, gaps_ms: list[float], calls: int) -> list[dict]:
         while time.perf_counter() < end:
             if not hot:
                 time.sleep(0)
+
+    held = [t for group in dep.tensors() for t in group]
+    x1 = torch.randn(1, 1, 28, 28)
+
+    def busy(seconds: float, work, every_s: float) -> None:
+        """``work`` now and every ``every_s`` until ``seconds`` have passed, sleeping between."""
+        end = time.perf_counter() + seconds
+        while True:
+            work()
+            left = end - time.perf_counter()
+            if left <= 0:
+                return
+            time.sleep(min(every_s, left))
+
+    def touch() -> None:  # reads every weight and buffer the deployment holds
+        for t in held:
+            t.sum()
+
+    def level1() -> None:
+        with torch.no_grad():
+            dep(x1, 1, 1)
     waits = {"sleep": time.sleep, "spin_sleep0": lambda s: spin(s, False),
-             "spin_hot": lambda s: spin(s, True)}
+             "spin_hot": lambda s: spin(s, True),
+             "touch_weights_2ms": lambda s: busy(s, touch, 2e-3),
+             "level1_forward_5ms": lambda s: busy(s, level1, 5e-3)}
     for _ in range(20):
         forward()
     rows = []
@@ -102,7 +127,8 @@ def forward_rows(path: str, gaps_ms: list[float], calls: int) -> list[dict]:
                     t0 = time.perf_counter()
                     forward()
                     times.append((time.perf_counter() - t0) * 1e3)
-                row[name] = {"p50": quantile(times[3:], .5), "p90": quantile(times[3:], .9)}
+                row[name] = {"p50": quantile(times[3:], .5), "p90": quantile(times[3:], .9),
+                             "p99": quantile(times[3:], .99)}
             rows.append(row)
     finally:
         dep.close()
@@ -130,13 +156,15 @@ def main(argv=None) -> int:
     print(f"top level's profiled batch-1 latency: {profiled:.2f} ms")
     print("| gap ms | in the server p50 / p99 ms | queued p50 | run p50 / p99 | added in the "
           "server p50 / p99 | forward alone after the gap, p50: sleep / spin sleep(0) / "
-          "spin hot |\n|---|---|---|---|---|---|")
+          "spin hot / weights read every 2 ms / level 1 run every 5 ms |\n"
+          "|---|---|---|---|---|---|")
     for s, f in zip(served, alone):
         print(f"| {s['gap_ms']:g} | {s['server_ms']['p50']:.2f} / {s['server_ms']['p99']:.2f} | "
               f"{s['queued_ms']['p50']:.2f} | {s['run_ms']['p50']:.2f} / "
               f"{s['run_ms']['p99']:.2f} | {s['added_ms_in_server']['p50']:.2f} / "
               f"{s['added_ms_in_server']['p99']:.2f} | {f['sleep']['p50']:.2f} / "
-              f"{f['spin_sleep0']['p50']:.2f} / {f['spin_hot']['p50']:.2f} |")
+              f"{f['spin_sleep0']['p50']:.2f} / {f['spin_hot']['p50']:.2f} / "
+              f"{f['touch_weights_2ms']['p50']:.2f} / {f['level1_forward_5ms']['p50']:.2f} |")
     if a.json:
         write_results(a.json, cpu_meta("bench.serve_idle", argv, profiled_b1_ms=profiled),
                       [{"server": s, "alone": f} for s, f in zip(served, alone)])

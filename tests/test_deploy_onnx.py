@@ -322,3 +322,32 @@ def test_runtimes_table_reads_a_dash_for_what_was_not_timed():
     table = markdown(rows)
     assert "| n | 1 | 1 | 1 | - | - | 2.00 | - | 1.60 | 1.25 (compiled) | 1.25 | - |" in table
     assert "| n | 1 | 1 | - / - / 2.0x / - / 2.0x |" in table
+
+
+def test_runtimes_over_several_runs_report_each_ratio_median_and_range():
+    """``bench.runtimes --runs 3``: ratios taken per run, then their median and min-max."""
+    from bench.runtimes import markdown, summarise
+
+    def run(compiled_ms, ort_ms, fastest):
+        rows = []
+        for lv in (1, 2):
+            ms = {"compiled": compiled_ms * lv, "plain_ort": ort_ms * lv, "torch": 9.0 * lv}
+            rows.append({"net": "n", "level": lv, "threads": 1, "batch": 1, "rounds": 5,
+                         "ms": ms, "dvn_fastest": fastest,
+                         "fastest_over_plain_ort": ms[fastest] / ms["plain_ort"],
+                         "compiled_over_plain_ort": ms["compiled"] / ms["plain_ort"]})
+        rows[0]["level1_speedup"] = {k: rows[1]["ms"][k] / rows[0]["ms"][k] for k in ms}
+        return rows
+    rows = summarise([run(1.2, 1.0, "compiled"), run(1.5, 1.0, "compiled"),
+                      run(1.3, 1.1, "compiled")])
+    assert [(r["level"], r["runs"]) for r in rows] == [(1, 3), (2, 3)]
+    top = rows[0]
+    assert top["ms"] == {"compiled": 1.3, "plain_ort": 1.0, "torch": 9.0}
+    assert top["compiled_over_plain_ort"] == pytest.approx(1.2)  # median of 1.2, 1.5, 1.18
+    assert top["spread"]["compiled_over_plain_ort"] == pytest.approx([1.3 / 1.1, 1.5])
+    assert top["dvn_fastest"] == "compiled"
+    assert top["level1_speedup"]["compiled"] == pytest.approx(2.0)
+    assert len(top["per_run_ms"]) == 3
+    table = markdown(rows)
+    assert "| n | 1 | 1 | 1 | - | 9.00 | 1.30 | - | 1.00 | 1.20 (1.18-1.50) (compiled) | " \
+           "1.20 (1.18-1.50) | - |" in table
