@@ -70,6 +70,41 @@ def test_batch_norm_is_private_per_task_and_level():
         bn(torch.randn(2, 8, 5, 5))
 
 
+def test_batch_norm_in_eval_computes_what_its_module_does_and_runs_every_hook():
+    """The eval path calls ``torch.batch_norm`` directly (no second module call); the answer
+    and its gradient are the module's, and hooks of the inner norm or global ones still run."""
+    torch.manual_seed(0)
+    vn = VirtualNetworks(2)
+    bn = SlicedBatchNorm2d(8, 2, vn)
+    for inner in bn.norms.values():
+        inner.running_mean.uniform_(-1, 1)
+        inner.running_var.uniform_(0.5, 2)
+        nn.init.uniform_(inner.weight, 0.5, 1.5)
+        nn.init.uniform_(inner.bias, -1, 1)
+    bn.eval()
+    active, inner = vn.active(2, 1), bn.norms["t2_l1"]
+    x = torch.randn(3, 4, 5, 5, requires_grad=True)
+    got = bn(x, active)
+    want = inner(x)
+    assert torch.equal(got, want)
+    g = torch.randn_like(got)
+    assert torch.equal(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
+    seen = []
+    handle = inner.register_forward_hook(lambda m, i, o: seen.append("own"))
+    assert torch.equal(bn(x, active), want) and seen == ["own"]
+    handle.remove()
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: seen.append(type(m).__name__))
+    try:
+        bn(x, active)
+    finally:
+        handle.remove()
+    assert seen == ["own", "BatchNorm2d", "SlicedBatchNorm2d"]
+    # without running statistics, eval normalises by the batch, as the module does
+    free = SlicedBatchNorm2d(8, 2, vn, track_running_stats=False).eval()
+    torch.testing.assert_close(free(x, active), free.norms["t2_l1"](x))
+
+
 def test_level_heads_and_sliced_linear():
     vn = VirtualNetworks(2)
     heads = LevelHeads(8, [10, 100], 2, vn)

@@ -7,9 +7,20 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+from torch.nn.modules import module as _torch_module  # its global hooks
 
 from .networks import Active, VirtualNetworks, resolve
 from .units import UnitLayout, UnitsLike
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run a hook of its own or a global one (then it is
+    called as a module, so that they run)."""
+    m = _torch_module
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or m._global_forward_hooks
+                or m._global_forward_pre_hooks or m._global_backward_hooks
+                or m._global_backward_pre_hooks)
 
 
 class SlicedBatchNorm2d(nn.Module):
@@ -53,6 +64,12 @@ class SlicedBatchNorm2d(nn.Module):
         if x.dim() != 4 or x.shape[1] != bn.num_features:
             raise ValueError(f"x: expected (N, {bn.num_features}, H, W) for task {active.task} "
                              f"at level {active.level}, got {tuple(x.shape)}")
+        if not bn.training and bn.running_mean is not None and type(x) is torch.Tensor \
+                and not _hooked(bn):
+            # What bn(x) computes in eval, without a second module call and BatchNorm2d's
+            # training bookkeeping: 3% of ResNet-42 level 1's eager call at batch 1 (41 layers)
+            return torch.batch_norm(x, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                                    False, 0.0, bn.eps, torch.backends.cudnn.enabled)
         return bn(x)
 
     def export(self, active: Optional[Active]) -> nn.BatchNorm2d:
