@@ -15,7 +15,9 @@ This measures, per 3x3 stride-1 layer of WRN-14-2's and ResNet-42's GEMM levels,
   the compiled level is faster (its share of the call, from ``perf``: docs/deploy-runtimes.md).
 
 Each time is the median of shuffled rounds (``bench.timing.time_side_by_side``), a round
-calling each candidate 20 times. The direct kernel's answer is checked against the GEMM's
+calling each candidate 20 times. Then what a custom C++ op costs per call inside an
+AOTInductor package (``custom_op_cost``), as a direct convolution in the extension would be
+called from a compiled level. The direct kernel's answer is checked against the GEMM's
 first (max error <= 1e-3). It is a measurement, not a runtime: the kernel covers only what
 is timed (3x3, stride 1, output channels a multiple of 16, float32, AVX-512).
 """
@@ -124,6 +126,55 @@ def build():
                        extra_cflags=["-O3", "-mavx512f", "-mfma"], verbose=False)
 
 
+PROBE_OP = r"""
+#include <torch/library.h>
+#include <ATen/ATen.h>
+static at::Tensor twice(const at::Tensor& x) { return x * 2; }
+TORCH_LIBRARY(dvn_direct_conv_probe, m) { m.def("twice(Tensor x) -> Tensor"); }
+TORCH_LIBRARY_IMPL(dvn_direct_conv_probe, CPU, m) { m.impl("twice", &twice); }
+"""
+#: custom-op calls in the AOTInductor package of ``custom_op_cost``
+OP_CALLS = 40
+
+
+def custom_op_cost(repeats: int) -> dict:
+    """What a custom C++ op costs per call inside an AOTInductor package (the way a direct
+    convolution in the extension would be called from a compiled level): a package of
+    ``OP_CALLS`` calls of a trivial op (``x * 2`` on 1024 floats, through the package's proxy
+    executor) against the same graph in ATen ops, which Inductor fuses into one kernel."""
+    import os
+
+    from torch.utils.cpp_extension import load_inline
+    folder = tempfile.mkdtemp(prefix="dvn-direct-conv-op-")
+    load_inline("dvn_direct_conv_probe_op", [PROBE_OP], build_directory=folder,
+                is_python_module=False, verbose=False)
+    torch.library.register_fake("dvn_direct_conv_probe::twice")(torch.empty_like)
+
+    class Custom(torch.nn.Module):
+        def forward(self, x):
+            for _ in range(OP_CALLS):
+                x = torch.ops.dvn_direct_conv_probe.twice(torch.relu(x))
+            return x
+
+    class Aten(torch.nn.Module):
+        def forward(self, x):
+            for _ in range(OP_CALLS):
+                x = torch.relu(x) * 2
+            return x
+    x = torch.randn(1, 16, 8, 8)
+    runs = {}
+    for name, module in (("custom", Custom()), ("aten", Aten())):
+        program = torch.export.export(module, (x,))
+        package = torch._inductor.aoti_compile_and_package(
+            program, package_path=os.path.join(folder, f"{name}.pt2"))
+        runs[name] = torch._inductor.aoti_load_package(package)
+        torch.testing.assert_close(runs[name](x), module(x))
+    us = {k: 1e6 * v for k, v in time_side_by_side(
+        {k: (lambda f=f: f(x)) for k, f in runs.items()}, repeats=repeats * 20).items()}
+    return {"calls": OP_CALLS, "package_us": us,
+            "us_per_call": (us["custom"] - us["aten"]) / OP_CALLS}
+
+
 def layer_row(ext, net: str, size: int, c: int, n: int, repeats: int) -> dict:
     g = torch.Generator().manual_seed(size * 1000 + c)
     x = torch.randn(size, size, c, generator=g)
@@ -180,8 +231,13 @@ def main(argv=None) -> int:
               f"{r['us']['im2col_gemm']:.1f} | {r['direct_us'] / r['us']['gemm']:.2f} | "
               f"{r['direct_us'] / r['us']['im2col_gemm']:.2f} | "
               f"{r['gflops']['direct']:.0f} / {r['gflops']['gemm']:.0f} |")
+    op = custom_op_cost(a.repeats)
+    print(f"\na custom C++ op in an AOTInductor package: {op['us_per_call']:.2f} us a call "
+          f"({op['calls']} calls: {op['package_us']['custom']:.1f} us, against "
+          f"{op['package_us']['aten']:.1f} us fused in ATen)")
     if a.json:
-        write_results(a.json, cpu_meta("bench.direct_conv", argv, threads=1), rows)
+        write_results(a.json, cpu_meta("bench.direct_conv", argv, threads=1,
+                                       custom_op_in_package=op), rows)
     return 0
 
 
