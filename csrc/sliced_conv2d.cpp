@@ -16,4 +16,7 @@ TORCH_LIBRARY(dvn_kernels, m) {
   m.def(
       "sliced_conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, str spec, "
       "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // A 3x3 stride-1 convolution of a padded NHWC input, as a direct CPU kernel: the compiled
+  // runtime's small levels (cpu/direct_conv.cpp; fake implementation in dvn_kernels/direct.py).
+  m.def("direct_conv3x3_nhwc(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }

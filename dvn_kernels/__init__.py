@@ -21,6 +21,7 @@ holds ``ChannelSegments``, the one type of the active channel ranges.
 
 from .backends import (BACKENDS, BackendUnavailableError, available_backends, resolve_backend,
                        set_auto_measure)
+from . import direct  # noqa: F401  (registers the direct op's fake implementation)
 from .extension import build_info
 from .plan import ConvPlan, conv_plan
 from .segments import ChannelSegments, as_segments, segments_from_units, split_channels

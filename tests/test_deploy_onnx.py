@@ -217,7 +217,8 @@ def test_compiled_levels_of_one_shape_keep_their_own_frozen_weights(unit, compil
         with torch.profiler.profile() as prof:
             runs[2](x)
         names = {e.key for e in prof.key_averages()}
-        assert not any("conv" in n for n in names), sorted(names)
+        # (dvn_kernels::direct_conv3x3_nhwc, the direct kernel of a GEMM level, may appear)
+        assert not any("conv" in n for n in names if n.startswith("aten::")), sorted(names)
         with torch.profiler.profile() as prof:
             runs[2](torch.cat([x, x]))
         names = {e.key for e in prof.key_averages()}

@@ -10,7 +10,9 @@ level 1.9-2.6x ONNX Runtime. Here:
 
 * In a level whose convolutions are all small and plain, each becomes a GEMM (``GemmConv``): an
   im2col that Inductor fuses with the batch norm and ReLU before it, then MKL's GEMM on the
-  level's weights, the bias and what follows fused into the next generated kernel. A level with
+  level's weights, the bias and what follows fused into the next generated kernel; on an
+  AVX-512 CPU at one thread a 3x3 stride-1 one (weight up to ``DIRECT_MAX_WEIGHT_BYTES``) runs
+  instead as one direct kernel (``dvn_kernels.direct``), without the im2col matrix. A level with
   a large one (more than ``GEMM_MACS`` multiply-adds, where oneDNN's direct convolution is
   faster) or a grouped or dilated one keeps all its convolutions (oneDNN, prepacked, ReLU and
   add fused).
@@ -37,6 +39,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dvn_kernels.direct import available as direct_kernel_available
+from dvn_kernels.direct import direct_conv3x3_nhwc
+
 #: convolutions with at most this many multiply-adds per image run as a GEMM. Measured at batch
 #: 1, one thread (Intel Xeon): WRN-14-2's convolutions (up to 7.2 M) were faster as GEMMs,
 #: ResNet-42 level 4's (38 M) slower than oneDNN's.
@@ -47,13 +52,25 @@ GEMM_MACS = 10_000_000
 #: whole of ResNet-42 level 1
 CHANNELS_LAST_FROM = 8
 
+#: 3x3 stride-1 convolutions with a weight up to this size run as the direct kernel
+#: (``dvn_kernels.direct``), no im2col; larger ones stay GEMMs. Measured one thread (Intel
+#: Xeon, ``bench.direct_conv``): direct / MKL's GEMM alone 0.90-1.04 up to 128 x 128 channels
+#: (576 kB), 1.65-1.69 at 256 x 256 (2.4 MB, read once per tile of pixels). On one thread only:
+#: the level's call at one thread, interleaved, was 0.88 / 0.96x the GEMMs' at WRN-14-2 levels
+#: 1 / 2 and 0.96 / 0.99x at ResNet-42's; at two (the kernel's tiles split over the threads,
+#: MKL's GEMM threaded) 0.89x at WRN-14-2 level 1 but 1.04-1.05x at the others.
+DIRECT_MAX_WEIGHT_BYTES = 1 << 20
+
 # Inductor's config is process-wide: compilations are serialised.
 COMPILING = threading.Lock()
 
 
 class GemmConv(nn.Module):
     """``conv`` (ungrouped, undilated, zero padding) as im2col and a GEMM, channels last
-    inside: the same function, in a form whose pieces Inductor fuses and compiles.
+    inside: the same function, in a form whose pieces Inductor fuses and compiles. Where
+    ``direct`` (3x3, stride 1, channels last, a weight up to ``DIRECT_MAX_WEIGHT_BYTES``, one
+    torch thread, an AVX-512 CPU), as the direct kernel on the padded channels-last input
+    instead: the same weight, no im2col.
 
     The weight is held as the GEMM's (K, N) right-hand matrix, so that MKL runs its NN kernel.
     Held (N, K), as ``F.linear`` takes it, MKL ran its TN kernel: ResNet-42 level 1's 39 GEMMs
@@ -69,6 +86,11 @@ class GemmConv(nn.Module):
                              f"numeric zero padding, got {conv}")
         self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
         self.channels_last = conv.in_channels >= CHANNELS_LAST_FROM
+        #: runs as the direct kernel (no im2col): 3x3, stride 1, channels last, on AVX-512
+        self.direct = (self.channels_last and conv.kernel_size == (3, 3)
+                       and conv.stride == (1, 1) and conv.out_channels % 16 == 0
+                       and conv.weight.numel() * 4 <= DIRECT_MAX_WEIGHT_BYTES
+                       and torch.get_num_threads() == 1 and direct_kernel_available())
         w = conv.weight.detach()
         if self.channels_last:  # (out, kh, kw, in)
             w = w.permute(0, 2, 3, 1)
@@ -80,6 +102,11 @@ class GemmConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        if self.direct:  # (the GEMM's weight, (kh, kw, C) x N, is the kernel's (kh, kw, C, N))
+            xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph)).contiguous()
+            y = direct_conv3x3_nhwc(xp, self.weight.view(kh, kw, -1, self.weight.shape[1]),
+                                    self.bias)
+            return y.permute(0, 3, 1, 2)
         if ph or pw:
             x = F.pad(x, (pw, pw, ph, ph))
         n = x.shape[0]
