@@ -98,33 +98,26 @@ def test_gemm_conv_runs_small_3x3_stride1_layers_direct_and_the_rest_as_gemms():
 
 
 @pytest.mark.skipif(not direct.available(), reason="needs an AVX-512 CPU")
-def test_a_compiled_level_calls_the_direct_kernel():
+def test_a_compiled_level_calls_the_direct_kernel(one_thread, monkeypatch):
     import zipfile
 
     from dvn.deploy import aot
-    sources = []
+    sources = []  # each package's generated code, read before its folder is removed
     compile_package = torch._inductor.aoti_compile_and_package
 
     def keep_source(*args, **kwargs):
         path = compile_package(*args, **kwargs)
         with zipfile.ZipFile(path) as z:
-            sources.append("".join(z.read(n).decode() for n in z.namelist()
-                                   if n.endswith(".cpp") or n.endswith(".json")))
+            sources.append(b"".join(z.read(n) for n in z.namelist()
+                                    if n.endswith((".cpp", ".json"))))
         return path
-
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", keep_source)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
                         nn.Conv2d(16, 32, 3, stride=2, padding=1)).eval()
     x = torch.randn(1, 8, 12, 12)
-    torch._inductor.aoti_compile_and_package = keep_source
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run = aot.aot_capture(net, x)
-    finally:
-        torch._inductor.aoti_compile_and_package = compile_package
-        torch.set_num_threads(threads)
+    run = aot.aot_capture(net, x)
     with torch.no_grad():
         torch.testing.assert_close(run(x), net(x), atol=1e-4, rtol=1e-4)
-    assert "direct_conv3x3_nhwc" in sources[0]
+    assert b"direct_conv3x3_nhwc" in sources[0]
