@@ -5,7 +5,7 @@ kernel (``csrc/cpu/direct_conv.cpp``), without the im2col matrix of a GEMM convo
 
 For the ``compiled`` runtime's small levels (``dvn.deploy.aot``): there the im2col was 16-26%
 of a call whose GEMMs already ran near the core's peak; this kernel does the GEMM's work in
-0.90-1.04x MKL's time (``bench/direct_conv.py``). K must be a multiple of 16; ``available()``
+0.98-1.09x MKL's time (``bench/direct_conv.py``). K must be a multiple of 16; ``available()``
 says whether it runs as the AVX-512 kernel here (else it is correct, through ATen, not fast).
 """
 

@@ -3,7 +3,7 @@
 //
 // What it is for: the `compiled` runtime's small levels (dvn/deploy/aot.py), which ran each
 // convolution as an im2col and MKL's GEMM. The GEMMs ran near the core's peak and the im2col
-// was the rest of the call (16-26%); this kernel does the GEMM's work in 0.90-1.04x its time
+// was the rest of the call (16-26%); this kernel does the GEMM's work in 0.98-1.09x its time
 // and writes no im2col (bench/direct_conv.py). A tile of PW output pixels (consecutive in
 // row-major order, across rows) x NV vectors of 16 output channels is accumulated in
 // registers; per (kh, kw, c) the weight's NV vectors are loaded once and each pixel's input is
@@ -90,8 +90,8 @@ void image(const float* xp, const float* wt, const float* bias, float* out, int6
 // Tiles of 8 pixels x 32 channels (or 14 x 16 where K is an odd number of 16s): at most 28
 // accumulators of AVX-512's 32 registers; the fastest or within 5% of it on the measured
 // layers (bench/direct_conv.py).
-void run_avx512(const float* xp, const float* wt, const float* bias, float* out,
-                           int64_t H, int64_t W, int64_t C, int64_t K) {
+void run_avx512(const float* xp, const float* wt, const float* bias, float* out, int64_t H,
+                int64_t W, int64_t C, int64_t K) {
   if (K % 32 == 0) {
     image<2, 8>(xp, wt, bias, out, H, W, C, K);
   } else {

@@ -54,8 +54,8 @@ CHANNELS_LAST_FROM = 8
 
 #: 3x3 stride-1 convolutions with a weight up to this size run as the direct kernel
 #: (``dvn_kernels.direct``), no im2col; larger ones stay GEMMs. Measured one thread (Intel
-#: Xeon, ``bench.direct_conv``): direct / MKL's GEMM alone 0.90-1.04 up to 128 x 128 channels
-#: (576 kB), 1.65-1.69 at 256 x 256 (2.4 MB, read once per tile of pixels). On one thread only:
+#: Xeon, ``bench.direct_conv``): direct / MKL's GEMM alone 0.98-1.09 up to 128 x 128 channels
+#: (576 kB), 1.66 at 256 x 256 (2.4 MB, read once per tile of pixels). On one thread only:
 #: the level's call at one thread, interleaved, was 0.88 / 0.96x the GEMMs' at WRN-14-2 levels
 #: 1 / 2 and 0.96 / 0.99x at ResNet-42's; at two (the kernel's tiles split over the threads,
 #: MKL's GEMM threaded) 0.89x at WRN-14-2 level 1 but 1.04-1.05x at the others.
